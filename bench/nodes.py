@@ -1,0 +1,256 @@
+"""Start and stop real cache nodes for the benchmarks.
+
+A :class:`Registry` is a throwaway registry (a migrated SQLite file in a temp directory plus an
+API key made with ``manage.py createapikey``); a :class:`Node` is one ``manage.py runnode``
+child in its own process group, on a free loopback port, with its log in the registry's
+directory. Every node started through :func:`cleanup_on_exit`-protected code is stopped
+(SIGTERM to the whole group, then SIGKILL), also on Ctrl-C or SIGTERM of the benchmark.
+
+The cluster benchmark reuses these pieces: several :class:`Node` objects over one
+:class:`Registry`, and :meth:`Node.cpu_seconds` for server CPU per 1,000 operations.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+# Inherited settings that would change what is measured (a debug server, an access log, a
+# developer's CACHE_* overrides) are dropped so that every run measures the defaults.
+_DROPPED_ENV_PREFIXES = ("CACHE_",)
+_DROPPED_ENV = {"DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY"}
+
+_live: list[Node] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _DROPPED_ENV and not k.startswith(_DROPPED_ENV_PREFIXES)
+    }
+    env.update({"PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING", **extra})
+    return env
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    out = subprocess.run(
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+class Registry:
+    """A private registry: SQLite file + admin-scoped API key, in a temp directory."""
+
+    def __init__(self, **extra_env: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="cache-bench-"))
+        self.database_url = f"sqlite:///{self.dir / 'registry.sqlite3'}"
+        self.env = _clean_env(DATABASE_URL=self.database_url, **extra_env)
+        manage(self.env, "migrate", "--noinput", "-v0")
+        self.api_key = manage(
+            self.env, "createapikey", "--name", "bench", "--scopes", "read,write,admin", "--quiet"
+        ).strip()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Node:
+    """One ``manage.py runnode`` process group. ``start()`` then ``wait_ready()``; ``stop()``."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        name: str = "n1",
+        *,
+        worker_class: str = "gevent",
+        threads: int | None = None,
+        cpu: int | None = None,
+        port: int | None = None,
+        **env: str,
+    ) -> None:
+        self.registry = registry
+        self.name = name
+        self.worker_class = worker_class
+        self.threads = threads
+        self.cpu = cpu
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        self.env = {**registry.env, **env}
+        self.log_path = registry.dir / f"{name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def label(self) -> str:
+        if self.worker_class == "gthread":
+            return f"gthread --threads {self.threads or 4}"
+        return self.worker_class
+
+    def start(self) -> Node:
+        argv = [PYTHON, "manage.py", "runnode", "--name", self.name, "--port", str(self.port)]
+        argv += ["--worker-class", self.worker_class]
+        if self.threads is not None:
+            argv += ["--threads", str(self.threads)]
+        if self.cpu is not None and hasattr(os, "sched_setaffinity"):
+            argv = ["taskset", "-c", str(self.cpu), *argv] if shutil.which("taskset") else argv
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        _live.append(self)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() kills gunicorn and workers
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 30.0) -> Node:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.name} exited early:\n{self.log()[-4000:]}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"node {self.name} not ready in {timeout}s ({last}):\n{self.log()[-4000:]}")
+
+    def processes(self) -> list[psutil.Process]:
+        """The node's processes: the gunicorn master and its worker."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by the node's processes."""
+        total = 0.0
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        if proc is not None:
+            # Workers left behind by a dead master are still in the group: kill them too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self in _live:
+            _live.remove(self)
+
+
+def stop_all() -> None:
+    """Stop every node still running (idempotent; called from finally blocks and atexit)."""
+    for node in list(_live):
+        node.stop()
+
+
+@contextlib.contextmanager
+def cleanup_on_exit() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt and stop every node on the way out."""
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        # Ctrl-C during cleanup must not leave a node behind.
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            stop_all()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+atexit.register(stop_all)
+
+
+@contextlib.contextmanager
+def running_node(registry: Registry, name: str = "n1", **kwargs: Any) -> Iterator[Node]:
+    node = Node(registry, name, **kwargs)
+    try:
+        node.start().wait_ready()
+        yield node
+    finally:
+        node.stop()
+
+
+def batch_set(
+    node: Node, api_key: str, items: list[tuple[str, Any]], chunk: int = 1000
+) -> int:
+    """Store ``(key, value)`` pairs through ``POST /api/v1/batch/set``; returns how many."""
+    stored = 0
+    with requests.Session() as s:
+        s.headers["X-API-Key"] = api_key
+        for i in range(0, len(items), chunk):
+            body = {"items": [{"key": k, "value": v} for k, v in items[i : i + chunk]]}
+            r = s.post(f"{node.url}/api/v1/batch/set", json=body, timeout=30)
+            r.raise_for_status()
+            data = r.json()
+            if data.get("failed"):
+                raise RuntimeError(f"batch set failed for {len(data['failed'])} keys")
+            stored += data["stored"]
+    return stored

@@ -1,0 +1,38 @@
+"""gunicorn configuration of a node (``manage.py runnode`` passes it with ``-c``).
+
+A node is one worker process: the store lives inside it, so a second worker would be a second
+cache that disagrees with the first. Anything asking for more (``--workers``, ``WEB_CONCURRENCY``,
+``GUNICORN_CMD_ARGS``) is refused at start with a clear error.
+"""
+
+import os
+
+bind = os.environ.get("CACHE_BIND", "127.0.0.1:8001")
+workers = 1
+worker_class = os.environ.get("CACHE_WORKER_CLASS", "gevent")
+threads = int(os.environ.get("CACHE_THREADS", "4"))
+worker_connections = int(os.environ.get("CACHE_WORKER_CONNECTIONS", "1000"))
+keepalive = 75
+timeout = 60
+graceful_timeout = 10
+accesslog = os.environ.get("CACHE_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+proc_name = f"cache-node-{os.environ.get('CACHE_NODE_NAME', 'n1')}"
+certfile = os.environ.get("CACHE_TLS_CERTFILE") or None
+keyfile = os.environ.get("CACHE_TLS_KEYFILE") or None
+
+
+def on_starting(server):
+    if server.cfg.workers != 1:
+        raise SystemExit(
+            f"refusing to start a cache node with {server.cfg.workers} workers: the store lives "
+            "in the worker process, so it must be exactly 1 (scale by adding nodes instead)"
+        )
+
+
+def nworkers_changed(server, new_value, old_value):
+    # TTIN/TTOU would add workers (separate caches); keep exactly one.
+    if new_value != 1:
+        server.log.error("a cache node runs exactly one worker; ignoring the change to %s", new_value)
+        server.num_workers = 1

@@ -1,0 +1,64 @@
+"""Routes: the REST API under /api/v1/, the seed-compatible routes, health, metrics, schema,
+admin. Both spellings of a call reach the same viewset action."""
+
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView
+
+from cacheapi import views
+from cacheapi.settings import cluster_settings
+
+KEY_ACTIONS = {
+    "get": "retrieve",
+    "put": "update",
+    "patch": "partial_update",
+    "delete": "destroy",
+}
+
+key_view = views.KeyViewSet.as_view(KEY_ACTIONS)
+# ".../{key}/incr": POST increments {key}; other methods address the key ending in "/incr".
+incr_view = views.KeyViewSet.as_view({"post": "incr", **KEY_ACTIONS}, key_suffix="/incr")
+batch_get = views.BatchViewSet.as_view({"post": "get_many"})
+batch_set = views.BatchViewSet.as_view({"post": "set_many"})
+batch_delete = views.BatchViewSet.as_view({"post": "delete_many"})
+health = views.HealthViewSet.as_view({"get": "list"})
+
+api_v1 = [
+    re_path(r"^keys/(?P<key>.+)/incr$", incr_view, name="key-incr"),
+    re_path(r"^keys/(?P<key>.+)$", key_view, name="key"),
+    path("batch/get", batch_get, name="batch-get"),
+    path("batch/set", batch_set, name="batch-set"),
+    path("batch/delete", batch_delete, name="batch-delete"),
+    path("stats", views.StatsViewSet.as_view({"get": "list"}), name="stats"),
+    path("flush", views.FlushViewSet.as_view({"post": "create"}), name="flush"),
+    path("cluster/ring", views.RingViewSet.as_view({"get": "list"}), name="cluster-ring"),
+]
+
+# The Go seed's routes, kept working: same actions, same status codes and bodies.
+seed = [
+    path("set", views.KeyViewSet.as_view({"post": "update"}), name="seed-set"),
+    path("get", views.KeyViewSet.as_view({"get": "retrieve"}), name="seed-get"),
+    path("delete", views.KeyViewSet.as_view({"delete": "destroy"}), name="seed-delete"),
+    path("batch_get", batch_get, name="seed-batch-get"),
+    path("batch_set", batch_set, name="seed-batch-set"),
+    path("sync", views.SyncViewSet.as_view({"post": "create"}), name="seed-sync"),
+    path("health", health, name="health"),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    *seed,
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("admin/", admin.site.urls),
+    path("", include("django_prometheus.urls")),
+]
+
+if cluster_settings.BENCH_ROUTES:
+    from cacheapi import bench_views
+
+    urlpatterns += [path("bench/", include(bench_views.urlpatterns))]
+
+handler400 = "cacheapi.errors.bad_request"
+handler403 = "cacheapi.errors.permission_denied"
+handler404 = "cacheapi.errors.page_not_found"
+handler500 = "cacheapi.errors.server_error"

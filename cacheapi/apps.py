@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class CacheApiConfig(AppConfig):
+    name = "cacheapi"
+    verbose_name = "Cache API"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from cacheapi import checks  # noqa: F401 - registers the system checks
+        from cacheapi.metrics import register_collector
+
+        register_collector()

@@ -1,0 +1,35 @@
+"""System checks for configurations that would silently break the cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core import checks
+
+from cacheapi.settings import cluster_settings
+
+SUPPORTED_WORKERS = ("gevent", "gthread", "sync")
+
+
+@checks.register(checks.Tags.compatibility)
+def check_single_worker(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    found = []
+    if cluster_settings.WORKERS != 1:
+        found.append(
+            checks.Error(
+                f"CACHE_CLUSTER['WORKERS'] is {cluster_settings.WORKERS}; a node must run exactly "
+                "one gunicorn worker, because the store lives inside the worker process and "
+                "several workers would be several caches that disagree.",
+                hint="Set WORKERS to 1 and scale by adding nodes (one per core).",
+                id="cacheapi.E001",
+            )
+        )
+    if cluster_settings.WORKER_CLASS not in SUPPORTED_WORKERS:
+        found.append(
+            checks.Error(
+                f"CACHE_CLUSTER['WORKER_CLASS'] is {cluster_settings.WORKER_CLASS!r}.",
+                hint=f"Use one of {', '.join(SUPPORTED_WORKERS)}.",
+                id="cacheapi.E002",
+            )
+        )
+    return found

@@ -1,0 +1,285 @@
+"""Python client: routes every key straight to its owner with the nodes' own ring code.
+
+    from cacheapi.client import CacheClient
+    c = CacheClient(["http://127.0.0.1:8001"], api_key="...")
+    c.set("k", {"a": 1}, ttl=60); c.get("k"); c.get_many(["a", "b"]); c.incr("hits")
+
+The client reads the ring from any seed node, hashes each key to its primary and calls that
+node directly, so no request is forwarded. Batches are grouped per owner and sent in parallel.
+When a node answers with a newer ``X-Ring-Version``, or does not answer, the client re-reads
+the ring (and retries a failed call once on the new owner).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+
+from cacheapi import values
+from nodes.ring import Ring, RingNode
+
+DEFAULT: Any = object()  # "no ttl given": the cluster's default TTL applies
+
+
+class CacheClientError(Exception):
+    """Base of the client's errors; ``status`` and ``code`` come from the node's answer."""
+
+    def __init__(self, message: str, *, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class AuthenticationError(CacheClientError):
+    """401: no key, or an unknown or revoked one."""
+
+
+class PermissionDenied(CacheClientError):
+    """403: the key lacks the scope."""
+
+
+class InvalidRequest(CacheClientError):
+    """400/413/415: a bad key, value, ttl or batch."""
+
+
+class NotAnInteger(CacheClientError):
+    """409: incr on a value that is not an integer (or would overflow)."""
+
+
+class Unavailable(CacheClientError):
+    """No node answered for this key (refused, timed out, or 503)."""
+
+
+_BY_STATUS: dict[int, type[CacheClientError]] = {
+    400: InvalidRequest, 401: AuthenticationError, 403: PermissionDenied, 409: NotAnInteger,
+    413: InvalidRequest, 415: InvalidRequest, 503: Unavailable,
+}
+
+
+class CacheClient:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        api_key: str,
+        *,
+        timeout: float = 5.0,
+        pool_size: int = 16,
+        ca_certs: str | None = None,
+    ) -> None:
+        if isinstance(urls, str):
+            urls = [u.strip() for u in urls.replace(";", ",").split(",") if u.strip()]
+        if not urls:
+            raise ValueError("give at least one node URL")
+        self.seeds = [u.rstrip("/") for u in urls]
+        self._headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
+        self._http = urllib3.PoolManager(
+            num_pools=64, maxsize=pool_size, retries=False, ca_certs=ca_certs,
+            timeout=urllib3.Timeout(total=timeout),
+        )
+        self._ring: Ring | None = None
+        self._ring_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- the ring ---------------------------------------------------------------------------
+    @property
+    def ring(self) -> Ring:
+        return self._ring if self._ring is not None else self.refresh_ring()
+
+    def refresh_ring(self) -> Ring:
+        """Read the ring from the first node that answers (known members first, then seeds)."""
+        with self._ring_lock:
+            candidates = [n.url for n in self._ring.members] if self._ring else []
+            candidates += [s for s in self.seeds if s not in candidates]
+            last: Exception | None = None
+            for url in candidates:
+                try:
+                    response = self._http.request(
+                        "GET", url.rstrip("/") + "/api/v1/cluster/ring", headers=self._headers
+                    )
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    last = exc
+                    continue
+                if response.status != 200:
+                    raise _error(response)
+                self._ring = Ring.from_dict(values.loads(response.data))
+                return self._ring
+            raise Unavailable(f"no node answered for the ring: {last}")
+
+    def _owner(self, key: str) -> RingNode:
+        node = self.ring.primary(key)
+        if node is None:
+            raise Unavailable("the ring has no live node")
+        return node
+
+    def _request(self, method: str, key: str | None, path: str, body: Any = None,
+                 headers: Mapping[str, str] | None = None, node: RingNode | None = None,
+                 ok: tuple[int, ...] = (200,), missing: tuple[int, ...] = ()) -> Any:
+        """One call to the key's owner; on a dead node, refresh the ring and retry once."""
+        for attempt in (0, 1):
+            target = node if node is not None else self._owner(key or "")
+            try:
+                response = self._http.request(
+                    method, target.url.rstrip("/") + path,
+                    body=values.dumps(body) if body is not None else None,
+                    headers={**self._headers, **(headers or {})},
+                )
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                self.refresh_ring()
+                if attempt or node is not None:
+                    raise Unavailable(f"{target.name} did not answer: {exc}") from exc
+                continue
+            self._note_version(response)
+            if response.status in missing:
+                return None
+            if response.status in ok:
+                return response
+            raise _error(response)
+        raise AssertionError("unreachable")
+
+    def _note_version(self, response: urllib3.BaseHTTPResponse) -> None:
+        seen = response.headers.get("X-Ring-Version")
+        if seen is not None and self._ring is not None and int(seen) > self._ring.version:
+            self.refresh_ring()
+
+    # -- single keys ------------------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        response = self._request("GET", key, _key_path(key), missing=(404,))
+        if response is None:
+            return default
+        return values.client_decode(values.loads(response.data)["value"])
+
+    def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
+        response = self._request("GET", key, _key_path(key), missing=(404,))
+        if response is None:
+            return None
+        data = values.loads(response.data)
+        return values.client_decode(data["value"]), data["ttl"]
+
+    def set(self, key: str, value: Any, ttl: float | None = DEFAULT) -> str:
+        """Store ``value``; ``ttl`` seconds, ``None`` = never expires. Returns the version."""
+        response = self._request("PUT", key, _key_path(key), _body(value, ttl))
+        return values.loads(response.data)["version"]
+
+    def add(self, key: str, value: Any, ttl: float | None = DEFAULT) -> bool:
+        """Store only if absent; False if the key exists."""
+        response = self._request("PUT", key, _key_path(key), _body(value, ttl),
+                                 headers={"If-None-Match": "*"}, missing=(412,))
+        return response is not None
+
+    def cas(self, key: str, value: Any, version: str, ttl: float | None = DEFAULT) -> bool:
+        """Replace only if the key still has ``version`` (from ``set`` or ``gets``)."""
+        response = self._request("PUT", key, _key_path(key), _body(value, ttl),
+                                 headers={"If-Match": f'"{version}"'}, missing=(412,))
+        return response is not None
+
+    def gets(self, key: str) -> tuple[Any, str] | None:
+        """The value and its version, for ``cas``."""
+        response = self._request("GET", key, _key_path(key), missing=(404,))
+        if response is None:
+            return None
+        etag = response.headers.get("ETag", "").strip('"')
+        return values.client_decode(values.loads(response.data)["value"]), etag
+
+    def delete(self, key: str) -> bool:
+        return self._request("DELETE", key, _key_path(key), ok=(204,), missing=(404,)) is not None
+
+    def touch(self, key: str, ttl: float | None) -> bool:
+        return self._request("PATCH", key, _key_path(key), {"ttl": ttl}, missing=(404,)) is not None
+
+    def incr(self, key: str, delta: int = 1) -> int | None:
+        """The new value, or None if the key is missing."""
+        response = self._request("POST", key, _key_path(key) + "/incr", {"delta": delta},
+                                 missing=(404,))
+        return None if response is None else values.loads(response.data)["value"]
+
+    def decr(self, key: str, delta: int = 1) -> int | None:
+        return self.incr(key, -delta)
+
+    # -- batches: one call per owner, in parallel ---------------------------------------------
+    def _per_owner(self, keys: Iterable[str], call: Any) -> list[Any]:
+        ring = self.ring
+        groups = ring.group_by_owner(keys)
+        nodes = [ring.node(name) for name in groups]
+        if len(groups) == 1:
+            return [call(nodes[0], next(iter(groups.values())))]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cache-client")
+        futures = [self._pool.submit(call, node, group)
+                   for node, group in zip(nodes, groups.values(), strict=True)]
+        return [f.result() for f in futures]
+
+    def _batch(self, node: RingNode, path: str, body: Any) -> Any:
+        response = self._request("POST", None, path, body, node=node)
+        return values.loads(response.data)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Found keys only (as Django's cache does); keys whose owner failed raise Unavailable."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, Any] = {}
+        for part in self._per_owner(keys, lambda n, g: self._batch(
+                n, "/api/v1/batch/get", {"keys": g})):
+            if part["failed"]:
+                raise Unavailable(f"{len(part['failed'])} keys failed", code="failed")
+            found.update(part["values"])
+        return {k: values.client_decode(found[k]) for k in keys if k in found}
+
+    def set_many(self, mapping: Mapping[str, Any], ttl: float | None = DEFAULT) -> int:
+        items = dict(mapping)
+
+        def send(node: RingNode, group: list[str]) -> Any:
+            body = {"items": [{"key": k, **_body(items[k], ttl)} for k in group]}
+            return self._batch(node, "/api/v1/batch/set", body)
+
+        parts = self._per_owner(items, send)
+        failed = [k for p in parts for k in p["failed"]]
+        if failed:
+            raise Unavailable(f"{len(failed)} keys failed", code="failed")
+        return sum(p["stored"] for p in parts)
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        parts = self._per_owner(list(dict.fromkeys(keys)), lambda n, g: self._batch(
+            n, "/api/v1/batch/delete", {"keys": g}))
+        return sum(p["deleted"] for p in parts)
+
+    # -- the cluster --------------------------------------------------------------------------
+    def stats(self, scope: str = "cluster") -> dict[str, Any]:
+        node = self.ring.members[0] if self.ring.members else self._owner("")
+        response = self._request("GET", None, f"/api/v1/stats?scope={scope}", node=node)
+        return values.loads(response.data)
+
+    def flush(self) -> int:
+        node = self.ring.members[0]
+        response = self._request("POST", None, "/api/v1/flush", node=node)
+        return values.loads(response.data)["flushed"]
+
+    def close(self) -> None:
+        self._http.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+
+def _key_path(key: str) -> str:
+    return "/api/v1/keys/" + quote(key, safe="")
+
+
+def _body(value: Any, ttl: Any) -> dict[str, Any]:
+    body = {"value": values.client_encode(value)}
+    if ttl is not DEFAULT:
+        body["ttl"] = ttl
+    return body
+
+
+def _error(response: urllib3.BaseHTTPResponse) -> CacheClientError:
+    try:
+        error = values.loads(response.data)["error"]
+        code, message = error["code"], error["message"]
+    except (values.DecodeError, KeyError, TypeError):
+        code, message = "http_error", f"HTTP {response.status}"
+    cls = _BY_STATUS.get(response.status, CacheClientError)
+    return cls(message, status=response.status, code=code)

@@ -1,0 +1,173 @@
+"""Cache metrics: per-operation counts and latency, forwards, and the store's counters.
+
+Recorded in plain in-process counters (a few attribute updates per request) and exposed two
+ways from the same numbers: ``/api/v1/stats`` as JSON, and ``/metrics`` through a Prometheus
+collector that reads them at scrape time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import REGISTRY, Collector
+
+# Upper bounds in seconds; the last bucket is +Inf.
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class OpStats:
+    __slots__ = ("buckets", "count", "errors", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.errors = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)
+
+    def quantile(self, q: float) -> float | None:
+        """Upper bound of the bucket holding the q-quantile (None when nothing recorded)."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        seen = 0
+        for bound, n in zip((*BUCKETS, float("inf")), self.buckets, strict=True):
+            seen += n
+            if seen >= rank:
+                return bound
+        return float("inf")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ops: defaultdict[str, OpStats] = defaultdict(OpStats)
+        self.forwards: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    def observe(self, op: str, seconds: float, error: bool = False) -> None:
+        index = bisect.bisect_left(BUCKETS, seconds)
+        with self._lock:
+            stats = self.ops[op]
+            stats.count += 1
+            stats.total += seconds
+            stats.buckets[index] += 1
+            if error:
+                stats.errors += 1
+
+    def forward(self, op: str, node: str) -> None:
+        with self._lock:
+            self.forwards[(op, node)] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            ops = {
+                op: {
+                    "count": s.count,
+                    "errors": s.errors,
+                    "mean_ms": round(s.total / s.count * 1000, 3) if s.count else None,
+                    "p50_ms": _ms(s.quantile(0.5)),
+                    "p99_ms": _ms(s.quantile(0.99)),
+                }
+                for op, s in sorted(self.ops.items())
+            }
+            forwards = sum(self.forwards.values())
+        return {"ops": ops, "forwards": forwards}
+
+    def reset(self) -> None:
+        with self._lock:
+            self.ops.clear()
+            self.forwards.clear()
+
+
+def _ms(seconds: float | None) -> float | None:
+    if seconds is None or seconds == float("inf"):
+        return None
+    return round(seconds * 1000, 3)
+
+
+recorder = Recorder()
+
+
+def count_forward(op: str, node: str) -> None:
+    recorder.forward(op, node)
+
+
+class CacheCollector(Collector):
+    """Reads the recorder and the store when Prometheus scrapes; costs nothing per request."""
+
+    def describe(self) -> list[Any]:
+        # Without this, registering would call collect() and build the node at import time.
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from cacheapi import node
+
+        stats = node.store().stats()
+        for name in ("hits", "misses", "sets", "deletes", "evictions", "expirations"):
+            counter = CounterMetricFamily(f"cache_{name}", f"Store {name} since start.")
+            counter.add_metric([], stats[name])
+            yield counter
+        for name in ("items", "bytes", "max_bytes", "max_items"):
+            gauge = GaugeMetricFamily(f"cache_{name}", f"Store {name.replace('_', ' ')}.")
+            gauge.add_metric([], stats[name])
+            yield gauge
+        lookups = stats["hits"] + stats["misses"]
+        ratio = GaugeMetricFamily("cache_hit_ratio", "Hits over lookups since start.")
+        ratio.add_metric([], stats["hits"] / lookups if lookups else 0.0)
+        yield ratio
+        ring = GaugeMetricFamily("cache_ring_version", "Version of the ring this node routes by.")
+        ring.add_metric([], node.membership().ring.version)
+        yield ring
+        reload_errors = CounterMetricFamily(
+            "cache_ring_reload_errors", "Failed reads of the registry (last good ring kept)."
+        )
+        reload_errors.add_metric([], node.membership().reload_errors)
+        yield reload_errors
+        up = GaugeMetricFamily("cache_node_up", "1 while this node serves (0 while draining).")
+        up.add_metric([], 0 if node.is_draining() else 1)
+        yield up
+        yield from self._operations()
+
+    def _operations(self) -> Iterator[Any]:
+        hist = HistogramMetricFamily(
+            "cache_operation_seconds", "Latency of API operations.", labels=["op"]
+        )
+        errors = CounterMetricFamily("cache_operation_errors", "Operations answered 4xx/5xx.",
+                                     labels=["op"])
+        forwards = CounterMetricFamily("cache_forwards", "Calls forwarded to other nodes.",
+                                       labels=["op", "node"])
+        with recorder._lock:
+            for op, s in sorted(recorder.ops.items()):
+                cumulative, running = [], 0
+                for bound, n in zip((*BUCKETS, float("inf")), s.buckets, strict=True):
+                    running += n
+                    cumulative.append((_bound_label(bound), running))
+                hist.add_metric([op], cumulative, sum_value=s.total)
+                errors.add_metric([op], s.errors)
+            for (op, name), n in sorted(recorder.forwards.items()):
+                forwards.add_metric([op, name], n)
+        yield hist
+        yield errors
+        yield forwards
+
+
+def _bound_label(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+_registered = False
+
+
+def register_collector() -> None:
+    global _registered
+    if not _registered:
+        REGISTRY.register(CacheCollector())
+        _registered = True

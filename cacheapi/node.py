@@ -1,0 +1,110 @@
+"""This process's node: its store, ring view, router and background tasks.
+
+Built lazily on first use (never at import time), so management commands and tests that never
+touch the store open nothing. ``start_background()`` is called by the WSGI entry point only, so
+the sweeper runs in served processes, not in ``manage.py migrate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from cacheapi.peers import PeerClient
+from cacheapi.router import Router
+from cacheapi.settings import cluster_settings
+from cacheapi.store import Store
+from nodes.membership import Membership
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def _build() -> dict[str, Any]:
+    s = cluster_settings
+    store = Store(
+        max_bytes=s.MAX_BYTES,
+        max_items=s.MAX_ITEMS,
+        node=s.NODE_NAME,
+        tombstone_ttl=s.TOMBSTONE_TTL,
+    )
+    membership = Membership(
+        node=s.NODE_NAME,
+        url=s.NODE_URL,
+        vnodes=s.VNODES,
+        replicas=s.REPLICAS,
+        interval=s.RING_RELOAD_INTERVAL,
+    )
+    peers = PeerClient(
+        secret=s.SECRET,
+        timeout=s.FORWARD_TIMEOUT,
+        clock_now=store.clock,
+        ring_version=lambda: membership.ring.version,
+    )
+    from cacheapi import metrics
+
+    router = Router(
+        store=store,
+        node=s.NODE_NAME,
+        ring=lambda: membership.ring,
+        peers=peers,
+        on_forward=metrics.count_forward,
+    )
+    return {"store": store, "membership": membership, "router": router}
+
+
+def _get(name: str) -> Any:
+    state = _state
+    if not state:
+        with _lock:
+            if not _state:
+                _state.update(_build())
+    return _state[name]
+
+
+def store() -> Store:
+    return _get("store")
+
+
+def router() -> Router:
+    return _get("router")
+
+
+def membership() -> Membership:
+    return _get("membership")
+
+
+def is_draining() -> bool:
+    return membership().status == "draining"
+
+
+def reset() -> None:
+    """Drop the node's state (tests, and after a settings change)."""
+    with _lock:
+        membership = _state.get("membership")
+        if membership is not None:
+            membership.stop()
+        _state.clear()
+
+
+def _sweep_forever(stop: threading.Event) -> None:
+    while not stop.wait(cluster_settings.SWEEP_INTERVAL):
+        try:
+            expired = store().sweep(cluster_settings.SWEEP_LIMIT)
+            if expired:
+                log.debug("swept %d expired keys", expired)
+        except Exception:  # the sweeper must outlive any one bad sweep
+            log.exception("expiry sweep failed")
+
+
+_stop = threading.Event()
+
+
+def start_background() -> None:
+    """Start the expiry sweeper and the ring watcher (served processes only)."""
+    store()
+    membership().start()
+    threading.Thread(target=_sweep_forever, args=(_stop,), name="sweeper", daemon=True).start()

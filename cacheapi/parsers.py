@@ -1,0 +1,53 @@
+"""Request body parsers: strict JSON (exact numbers, no NaN) and raw bytes, both size-capped."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from rest_framework.parsers import BaseParser
+
+from cacheapi import errors, values
+from cacheapi.settings import cluster_settings
+
+
+def read_capped(stream: IO[bytes], parser_context: dict[str, Any] | None) -> bytes:
+    """Read the body, refusing one larger than MAX_REQUEST_BYTES before buffering it all."""
+    limit = cluster_settings.MAX_REQUEST_BYTES
+    request = (parser_context or {}).get("request")
+    length = request.META.get("CONTENT_LENGTH") if request is not None else None
+    if length and length.isdigit() and int(length) > limit:
+        raise errors.RequestTooLarge(f"request body is {length} bytes; the limit is {limit}")
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise errors.RequestTooLarge(f"request body is over the limit of {limit} bytes")
+    return data
+
+
+class StrictJSONParser(BaseParser):
+    media_type = "application/json"
+
+    def parse(
+        self,
+        stream: IO[bytes],
+        media_type: str | None = None,
+        parser_context: dict[str, Any] | None = None,
+    ) -> Any:
+        data = read_capped(stream, parser_context)
+        try:
+            return values.loads(data)
+        except values.DecodeError as exc:
+            raise errors.InvalidJSON(f"body is not valid JSON: {exc}") from exc
+
+
+class OctetStreamParser(BaseParser):
+    """Raw bytes for ``PUT /api/v1/keys/{key}`` with ``Content-Type: application/octet-stream``."""
+
+    media_type = "application/octet-stream"
+
+    def parse(
+        self,
+        stream: IO[bytes],
+        media_type: str | None = None,
+        parser_context: dict[str, Any] | None = None,
+    ) -> bytes:
+        return read_capped(stream, parser_context)

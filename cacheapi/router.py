@@ -1,0 +1,237 @@
+"""The router: between the views and the stores of the ring.
+
+The node that receives a request coordinates it. For each key the router asks the ring for its
+primary: this node serves it from its own store, any other is called with an internal request
+(``cacheapi.peers``). Internal requests (``local=True``) are leaves: served here, never forwarded.
+Batches are grouped by primary and sent to all owners in parallel; a node that fails costs only
+its own keys, which come back in ``failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from cacheapi import errors, values
+from cacheapi.peers import PeerClient, PeerUnavailable
+from cacheapi.store import Entry, Store
+from cacheapi.versions import Version
+from nodes.ring import Ring, RingNode
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, bytes, bool, float | None]  # key, value, binary, ttl
+
+
+@dataclass
+class BatchResult:
+    count: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BatchGet:
+    values: dict[str, Any] = field(default_factory=dict)  # key -> wire value
+    missing: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        node: str,
+        ring: Callable[[], Ring],
+        peers: PeerClient | None = None,
+        executor: ThreadPoolExecutor | None = None,
+        on_forward: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.node = node
+        self._ring = ring
+        self.peers = peers
+        self._executor = executor
+        self._on_forward = on_forward or (lambda op, node: None)
+
+    @property
+    def ring(self) -> Ring:
+        return self._ring()
+
+    def owner(self, key: str) -> RingNode | None:
+        """The key's primary, or None when this node serves it."""
+        primary = self.ring.primary(key)
+        if primary is None:
+            raise errors.Unavailable("the ring has no live node to own this key")
+        if primary.name == self.node:
+            return None
+        return primary
+
+    def _remote(self, op: str, node: RingNode) -> PeerClient:
+        if self.peers is None:
+            raise errors.Unavailable(f"node {node.name} owns this key and forwarding is off")
+        self._on_forward(op, node.name)
+        return self.peers
+
+    def _call(self, op: str, node: RingNode, fn: Callable[[PeerClient], Any]) -> Any:
+        try:
+            return fn(self._remote(op, node))
+        except PeerUnavailable as exc:
+            raise errors.Unavailable(str(exc)) from exc
+
+    # Single keys. ``local``: an internal request, served from this store only.
+    def get(self, key: str, *, local: bool = False) -> Entry | None:
+        node = None if local else self.owner(key)
+        if node is None:
+            return self.store.get(key)
+        return self._call("get", node, lambda p: p.get(node, key))
+
+    def set(
+        self, key: str, value: bytes, binary: bool, ttl: float | None, *, local: bool = False
+    ) -> Version:
+        node = None if local else self.owner(key)
+        if node is None:
+            version = self.store.set(key, value, binary=binary, ttl=ttl)
+            assert version is not None  # unversioned writes always apply
+            return version
+        return self._call("set", node, lambda p: p.set(node, key, value, binary, ttl))
+
+    def add(
+        self, key: str, value: bytes, binary: bool, ttl: float | None, *, local: bool = False
+    ) -> Version | None:
+        node = None if local else self.owner(key)
+        if node is None:
+            return self.store.add(key, value, binary=binary, ttl=ttl)
+        condition = {"If-None-Match": "*"}
+        return self._call("add", node, lambda p: p.set(node, key, value, binary, ttl, condition))
+
+    def cas(
+        self,
+        key: str,
+        value: bytes,
+        binary: bool,
+        ttl: float | None,
+        expected: Version,
+        *,
+        local: bool = False,
+    ) -> Version | None:
+        from cacheapi.versions import format_version
+
+        node = None if local else self.owner(key)
+        if node is None:
+            return self.store.cas(key, value, expected, binary=binary, ttl=ttl)
+        condition = {"If-Match": f'"{format_version(expected)}"'}
+        return self._call("cas", node, lambda p: p.set(node, key, value, binary, ttl, condition))
+
+    def delete(self, key: str, *, local: bool = False) -> bool:
+        node = None if local else self.owner(key)
+        if node is None:
+            return self.store.delete(key)
+        return self._call("delete", node, lambda p: p.delete(node, key))
+
+    def touch(self, key: str, ttl: float | None, *, local: bool = False) -> bool:
+        node = None if local else self.owner(key)
+        if node is None:
+            return self.store.touch(key, ttl)
+        return self._call("touch", node, lambda p: p.touch(node, key, ttl))
+
+    def incr(self, key: str, delta: int, *, local: bool = False) -> tuple[int, Version] | None:
+        node = None if local else self.owner(key)
+        if node is None:
+            return self.store.incr(key, delta)
+        return self._call("incr", node, lambda p: p.incr(node, key, delta))
+
+    # Batches: grouped by primary, remote groups in parallel, local group meanwhile.
+    def _fan_out(
+        self,
+        op: str,
+        keys: Iterable[str],
+        local_fn: Callable[[list[str]], Any],
+        remote_fn: Callable[[PeerClient, RingNode, list[str]], Any],
+        *,
+        local: bool,
+    ) -> tuple[list[tuple[list[str], Any]], list[str]]:
+        """Run ``local_fn`` on this node's keys and ``remote_fn`` per other owner.
+
+        Returns ([(keys, result)], failed keys)."""
+        if local:
+            keys = list(keys)
+            return [(keys, local_fn(keys))], []
+        ring = self.ring
+        groups = ring.group_by_owner(keys)
+        mine = groups.pop(self.node, None)
+        pending: list[tuple[list[str], RingNode, Future[Any]]] = []
+        for name, group in groups.items():
+            node = ring.node(name)
+            assert node is not None
+            peers = self._remote(op, node)
+            pending.append((group, node, self._pool().submit(remote_fn, peers, node, group)))
+        results: list[tuple[list[str], Any]] = []
+        failed: list[str] = []
+        if mine:
+            results.append((mine, local_fn(mine)))
+        for group, node, future in pending:
+            try:
+                results.append((group, future.result()))
+            except (PeerUnavailable, errors.CacheError, values.DecodeError) as exc:
+                log.warning("batch %s on %s failed for %d keys: %s", op, node.name, len(group), exc)
+                failed.extend(group)
+        return results, failed
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fanout")
+        return self._executor
+
+    def get_many(self, keys: Sequence[str], *, local: bool = False) -> BatchGet:
+        def here(group: list[str]) -> dict[str, Any]:
+            found = self.store.get_many(group)
+            return {k: values.to_wire(e.value, e.binary) for k, e in found.items()}
+
+        def there(peers: PeerClient, node: RingNode, group: list[str]) -> dict[str, Any]:
+            return peers.call(node, "POST", "/api/v1/batch/get", {"keys": group})["values"]
+
+        results, failed = self._fan_out("get_many", keys, here, there, local=local)
+        found: dict[str, Any] = {}
+        for _, part in results:
+            found.update(part)
+        failed_set = set(failed)
+        return BatchGet(
+            values={k: found[k] for k in keys if k in found},
+            missing=[k for k in keys if k not in found and k not in failed_set],
+            failed=failed,
+        )
+
+    def set_many(self, items: Sequence[Item], *, local: bool = False) -> BatchResult:
+        by_key = {item[0]: item for item in items}  # the last write of a key wins
+
+        def here(group: list[str]) -> int:
+            stored = self.store.set_many(
+                (k, by_key[k][1], by_key[k][2], by_key[k][3], None) for k in group
+            )
+            return sum(1 for v in stored if v is not None)
+
+        def there(peers: PeerClient, node: RingNode, group: list[str]) -> int:
+            body = {
+                "items": [
+                    {"key": k, "value": values.to_wire(by_key[k][1], by_key[k][2]),
+                     "ttl": by_key[k][3]}
+                    for k in group
+                ]
+            }
+            return int(peers.call(node, "POST", "/api/v1/batch/set", body)["stored"])
+
+        results, failed = self._fan_out("set_many", list(by_key), here, there, local=local)
+        return BatchResult(count=sum(n for _, n in results), failed=failed)
+
+    def delete_many(self, keys: Sequence[str], *, local: bool = False) -> BatchResult:
+        def there(peers: PeerClient, node: RingNode, group: list[str]) -> int:
+            return int(peers.call(node, "POST", "/api/v1/batch/delete", {"keys": group})["deleted"])
+
+        results, failed = self._fan_out(
+            "delete_many", keys, self.store.delete_many, there, local=local
+        )
+        return BatchResult(count=sum(n for _, n in results), failed=failed)

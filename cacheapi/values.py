@@ -1,0 +1,100 @@
+"""How values travel: strict JSON in, stored bytes, and the wire form out.
+
+A value is stored encoded: JSON text, or raw bytes flagged ``binary``. In JSON bodies a binary
+value travels as ``{"b64": "..."}``. A JSON object whose only key is ``b64`` or ``json`` is
+therefore reserved; clients that must store such an object wrap it as ``{"json": obj}`` (the
+Python client does this for you), which keeps every value's round trip exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any
+
+import orjson
+
+WIRE_KEYS = frozenset({"b64", "json"})
+
+
+class DecodeError(ValueError):
+    """The body is not strict JSON (bad syntax, NaN/Infinity, numbers out of range)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise DecodeError(f"number {text[:40]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse strict JSON exactly (integers of any size stay integers, unlike orjson)."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        value, end = _decoder.raw_decode(text.strip())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DecodeError(str(exc)) from exc
+    if end != len(text.strip()):
+        raise DecodeError("extra data after the JSON document")
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """Encode compactly with orjson; fall back to json where orjson stops (integers beyond 64
+    bits, nesting deeper than 255). Raises ValueError for a value nested too deeply for both."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        except RecursionError as exc:
+            raise ValueError("value is nested too deeply") from exc
+
+
+def from_wire(value: Any) -> tuple[bytes, bool]:
+    """A value from a JSON body -> (stored bytes, binary). Raises ValueError on bad base64."""
+    if type(value) is dict and len(value) == 1 and "b64" in value:
+        text = value["b64"]
+        if not isinstance(text, str):
+            raise ValueError('"b64" must be a base64 string')
+        try:
+            return base64.b64decode(text, validate=True), True
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f'"b64" is not valid base64: {exc}') from exc
+    return dumps(value), False
+
+
+def to_wire(value: bytes, binary: bool) -> Any:
+    """Stored bytes -> something the JSON renderer embeds without re-parsing."""
+    if binary:
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    return orjson.Fragment(value)
+
+
+def client_encode(value: Any) -> Any:
+    """Client side: a Python value -> its wire form (bytes become b64, reserved shapes wrapped)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    if type(value) is dict and len(value) == 1 and next(iter(value)) in WIRE_KEYS:
+        return {"json": value}
+    return value
+
+
+def client_decode(value: Any) -> Any:
+    """Client side: the inverse of ``client_encode``."""
+    if type(value) is dict and len(value) == 1:
+        if "b64" in value and isinstance(value["b64"], str):
+            return base64.b64decode(value["b64"])
+        if "json" in value:
+            return value["json"]
+    return value

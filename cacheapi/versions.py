@@ -1,0 +1,90 @@
+"""Write versions from a hybrid logical clock (HLC).
+
+Replicas resolve concurrent writes by last-write-wins, so every write needs a version that
+orders the same way on every node. Plain wall-clock time is not enough: clocks drift and can
+step backwards, and two writes in the same millisecond would tie. An HLC keeps the wall time
+(so versions stay meaningful to humans and roughly ordered across nodes) and adds a counter
+that breaks ties and carries causality when the wall clock stalls or goes back; the node name
+makes versions from different nodes distinct. Plain tuple comparison gives the order.
+"""
+
+import re
+import threading
+import time
+from collections.abc import Callable
+
+# (wall milliseconds, counter, node name). Tuple comparison is the causal / LWW order.
+Version = tuple[int, int, str]
+
+# Node names appear in headers and URLs: printable ASCII, no spaces.
+_NODE_RE = re.compile(r"[!-~]+")
+# Canonical decimals: no sign, no leading zeros, at most 19 digits (absurd values are refused).
+_NUMBER = r"(0|[1-9][0-9]{0,18})"
+_VERSION_RE = re.compile(rf"{_NUMBER}-{_NUMBER}-([!-~]+)")
+
+
+def _check_node(node: str) -> str:
+    if not isinstance(node, str) or not _NODE_RE.fullmatch(node):
+        raise ValueError(f"Invalid node name {node!r}: use printable ASCII without spaces.")
+    return node
+
+
+class HybridClock:
+    """Hands out versions that only ever increase, whatever the wall clock does.
+
+    ``wall`` returns seconds (``time.time`` by default); tests inject their own so they can
+    move it backwards. ``observe`` merges versions seen from other nodes, so a write made
+    here after seeing a remote write always wins over it.
+    """
+
+    def __init__(self, node: str, wall: Callable[[], float] = time.time) -> None:
+        self.node = _check_node(node)
+        self._wall = wall
+        self._lock = threading.Lock()
+        # The largest (ms, counter) handed out or observed; -1 so the first now() gets 0.
+        self._ms = 0
+        self._counter = -1
+
+    def now(self) -> Version:
+        """A version greater than every one this clock has returned or observed."""
+        wall_ms = int(self._wall() * 1000)
+        with self._lock:
+            if wall_ms > self._ms:
+                self._ms, self._counter = wall_ms, 0
+            else:
+                # The wall clock stalled or went back: stay on the logical time and count.
+                self._counter += 1
+            return (self._ms, self._counter, self.node)
+
+    def observe(self, version: Version) -> None:
+        """Merge a remote version (the HLC receive rule) so that later ``now()`` exceeds it.
+
+        Taking the maximum of (ms, counter) is enough: ``now()`` then either moves to a later
+        wall millisecond or bumps the counter past the observed one, so the node name never
+        has to break a tie.
+        """
+        ms, counter, _node = version
+        with self._lock:
+            if (ms, counter) > (self._ms, self._counter):
+                self._ms, self._counter = ms, counter
+
+    def __repr__(self) -> str:
+        return f"<HybridClock node={self.node!r} last=({self._ms}, {self._counter})>"
+
+
+def format_version(version: Version) -> str:
+    """``"ms-counter-node"``, the form versions take in headers and replication bodies."""
+    ms, counter, node = version
+    return f"{ms}-{counter}-{node}"
+
+
+def parse_version(text: str) -> Version:
+    """Inverse of ``format_version``; raises ValueError on anything but its canonical output.
+
+    The node name may contain ``-``: the two numbers come first and are digits only, so the
+    split is unambiguous.
+    """
+    match = _VERSION_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"Invalid version {text!r}: expected 'milliseconds-counter-node'.")
+    return (int(match[1]), int(match[2]), match[3])

@@ -1,0 +1,323 @@
+"""The HTTP API: thin DRF viewsets over the router.
+
+Each action parses and validates (``cacheapi.validation``), calls the router or store, and
+renders. Both spellings of every call (REST and the seed routes) map to these same actions.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.http import HttpRequest
+from rest_framework import viewsets
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from cacheapi import errors, node, validation, values
+from cacheapi.metrics import recorder
+from cacheapi.parsers import OctetStreamParser, StrictJSONParser
+from cacheapi.peers import HOPS_HEADER, RING_HEADER
+from cacheapi.renderers import ORJSONRenderer, OctetStreamRenderer
+from cacheapi.store import Entry
+from cacheapi.versions import format_version, parse_version
+
+OCTET = "application/octet-stream"
+_NOT_ERRORS = {404, 412}
+
+
+class NodeViewSet(viewsets.ViewSet):
+    """Base of the API's viewsets: latency metrics, ring version header, hop handling."""
+
+    scopes: dict[str, str] = {}
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        response = super().dispatch(request, *args, **kwargs)
+        op = getattr(self, "action", None) or (request.method or "").lower()
+        status = response.status_code
+        recorder.observe(op, time.perf_counter() - started, status >= 400 and status not in _NOT_ERRORS)
+        response[RING_HEADER] = str(node.membership().ring.version)
+        return response
+
+    @property
+    def internal(self) -> bool:
+        """An internal request (it carries X-Forwarded-Hops): served here, never forwarded."""
+        hops = self.request.META.get("HTTP_X_FORWARDED_HOPS")
+        if hops is None:
+            return False
+        if not hops.isdigit():
+            raise errors.InvalidRequest(f"{HOPS_HEADER} must be a whole number")
+        return int(hops) >= 1
+
+    def body(self) -> Any:
+        return validation.json_object(self.request.data)
+
+
+def _entry_headers(entry: Entry, ttl: float | None) -> dict[str, str]:
+    return {
+        "ETag": f'"{format_version(entry.version)}"',
+        "X-TTL": "none" if ttl is None else f"{ttl:.3f}",
+        "X-Value-Type": "binary" if entry.binary else "json",
+    }
+
+
+def _round_ttl(ttl: float | None) -> float | None:
+    return None if ttl is None else round(ttl, 3)
+
+
+def _parse_etag(header: str) -> Any:
+    text = header.strip().removeprefix("W/").strip('"')
+    try:
+        return parse_version(text)
+    except ValueError as exc:
+        raise errors.PreconditionFailed(f"If-Match {header!r} is not a version this node made") from exc
+
+
+class KeyViewSet(NodeViewSet):
+    """One key: GET/HEAD, PUT (set, add, compare-and-set), PATCH (touch), DELETE, POST incr."""
+
+    parser_classes = [StrictJSONParser, OctetStreamParser]
+    renderer_classes = [ORJSONRenderer, OctetStreamRenderer]
+    scopes = {
+        "retrieve": "read",
+        "update": "write",
+        "partial_update": "write",
+        "destroy": "write",
+        "incr": "write",
+    }
+    # The incr route matches ".../{key}/incr"; for its other methods the suffix is the key's.
+    key_suffix = ""
+
+    def _key(self) -> str:
+        key = self.kwargs.get("key")
+        if key is None:  # seed routes: ?key= on GET/DELETE, "key" in the body of POST /set
+            if self.request.method in ("GET", "HEAD", "DELETE"):
+                key = self.request.query_params.get("key")
+                if key is None:
+                    raise errors.InvalidKey('pass the key as "?key="')
+            else:
+                key = self.body().get("key")
+        elif self.action != "incr":
+            key += self.key_suffix
+        return validation.validate_key(key)
+
+    def retrieve(self, request: Request, **kwargs: Any) -> Response:
+        key = self._key()
+        entry = node.router().get(key, local=self.internal)
+        ttl = None if entry is None else node.store().remaining(entry)
+        if entry is None or (ttl is not None and ttl <= 0):
+            raise errors.NotFound(f"no key {key!r}")
+        headers = _entry_headers(entry, ttl)
+        if request.method == "HEAD":
+            return Response(status=200, headers=headers)
+        if request.accepted_media_type == OCTET:
+            return Response(entry.value, headers=headers, content_type=OCTET)
+        data = {"key": key, "value": values.to_wire(entry.value, entry.binary), "ttl": _round_ttl(ttl)}
+        return Response(data, headers=headers)
+
+    def update(self, request: Request, **kwargs: Any) -> Response:
+        key = self._key()
+        if request.content_type.startswith(OCTET):
+            data = request.data
+            if not isinstance(data, bytes):
+                raise errors.InvalidValue("an octet-stream body must be raw bytes")
+            value, binary = validation.check_value_size(data), True
+            ttl = validation.ttl_from_text(request.query_params.get("ttl"))
+        else:
+            body = self.body()
+            value, binary = validation.value_from_body(body)
+            ttl = validation.ttl_from_body(body)
+        router = node.router()
+        local = self.internal
+        if request.META.get("HTTP_IF_NONE_MATCH", "").strip() == "*":
+            version = router.add(key, value, binary, ttl, local=local)
+            if version is None:
+                raise errors.PreconditionFailed(f"key {key!r} already exists")
+        elif "HTTP_IF_MATCH" in request.META:
+            version = self._compare_and_set(key, value, binary, ttl, request.META["HTTP_IF_MATCH"])
+        else:
+            version = router.set(key, value, binary, ttl, local=local)
+        tag = format_version(version)
+        return Response({"key": key, "version": tag}, headers={"ETag": f'"{tag}"'})
+
+    def _compare_and_set(
+        self, key: str, value: bytes, binary: bool, ttl: float | None, if_match: str
+    ) -> Any:
+        router = node.router()
+        if if_match.strip() == "*":  # "if it exists": compare against whatever is there now
+            current = router.get(key, local=self.internal)
+            if current is None:
+                raise errors.PreconditionFailed(f"key {key!r} does not exist")
+            expected = current.version
+        else:
+            expected = _parse_etag(if_match)
+        version = router.cas(key, value, binary, ttl, expected, local=self.internal)
+        if version is None:
+            raise errors.PreconditionFailed(f"key {key!r} is missing or has another version")
+        return version
+
+    def partial_update(self, request: Request, **kwargs: Any) -> Response:
+        key = self._key()
+        body = self.body()
+        if "ttl" not in body:
+            raise errors.InvalidTTL('body must have a "ttl" member (seconds, or null)')
+        ttl = validation.ttl_from_body(body)
+        if not node.router().touch(key, ttl, local=self.internal):
+            raise errors.NotFound(f"no key {key!r}")
+        return Response({"key": key, "ttl": ttl})
+
+    def destroy(self, request: Request, **kwargs: Any) -> Response:
+        key = self._key()
+        if not node.router().delete(key, local=self.internal):
+            raise errors.NotFound(f"no key {key!r}")
+        return Response(status=204)
+
+    def incr(self, request: Request, **kwargs: Any) -> Response:
+        key = self._key()
+        delta = validation.validate_delta(self.body() if request.data else {})
+        result = node.router().incr(key, delta, local=self.internal)
+        if result is None:
+            raise errors.NotFound(f"no key {key!r}")
+        value, version = result
+        tag = format_version(version)
+        return Response({"key": key, "value": value}, headers={"ETag": f'"{tag}"'})
+
+
+class BatchViewSet(NodeViewSet):
+    """Many keys in one call, grouped by owner; one failing owner fails only its keys."""
+
+    scopes = {"get_many": "read", "set_many": "write", "delete_many": "write"}
+
+    def get_many(self, request: Request) -> Response:
+        keys = validation.key_list(self.body())
+        result = node.router().get_many(keys, local=self.internal)
+        return Response(
+            {"values": result.values, "missing": result.missing, "failed": result.failed}
+        )
+
+    def set_many(self, request: Request) -> Response:
+        items = validation.item_list(self.body())
+        result = node.router().set_many(items, local=self.internal)
+        return Response({"stored": result.count, "failed": result.failed})
+
+    def delete_many(self, request: Request) -> Response:
+        keys = validation.key_list(self.body())
+        result = node.router().delete_many(keys, local=self.internal)
+        return Response({"deleted": result.count, "failed": result.failed})
+
+
+class SyncViewSet(NodeViewSet):
+    """``POST /sync``: versioned writes from other nodes (migration, replication); the newer
+    version wins, so replaying or reordering a sync never loses a newer write."""
+
+    scopes = {"create": "internal"}
+
+    def create(self, request: Request) -> Response:
+        body = self.body()
+        items = validation.item_list(body)
+        raw_items = body["items"]
+        versions = []
+        for index, item in enumerate(raw_items):
+            try:
+                versions.append(parse_version(str(item["version"])))
+            except (KeyError, ValueError) as exc:
+                raise errors.InvalidRequest(f"items[{index}] needs a valid \"version\"") from exc
+        applied = node.store().set_many(
+            (key, value, binary, ttl, version)
+            for (key, value, binary, ttl), version in zip(items, versions, strict=True)
+        )
+        stored = sum(1 for v in applied if v is not None)
+        return Response({"stored": stored, "skipped": len(applied) - stored})
+
+
+class StatsViewSet(NodeViewSet):
+    scopes = {"list": "read"}
+
+    def list(self, request: Request) -> Response:
+        scope = request.query_params.get("scope", "node")
+        if scope not in ("node", "cluster"):
+            raise errors.InvalidRequest('scope must be "node" or "cluster"')
+        if scope == "node" or self.internal:
+            return Response(node_stats())
+        return Response(cluster_stats())
+
+
+def node_stats() -> dict[str, Any]:
+    stats: dict[str, Any] = dict(node.store().stats())
+    lookups = stats["hits"] + stats["misses"]
+    stats["hit_ratio"] = round(stats["hits"] / lookups, 4) if lookups else 0.0
+    snapshot = recorder.snapshot()
+    stats["node"] = node.membership().node
+    stats["ring_version"] = node.membership().ring.version
+    stats["ops"] = {op: s["count"] for op, s in snapshot["ops"].items()}
+    stats["latency"] = {
+        op: {k: s[k] for k in ("mean_ms", "p50_ms", "p99_ms")} for op, s in snapshot["ops"].items()
+    }
+    stats["forwards"] = snapshot["forwards"]
+    return stats
+
+
+SUMMED = ("hits", "misses", "sets", "deletes", "evictions", "expirations", "items", "bytes",
+          "max_bytes", "max_items", "forwards")
+
+
+def cluster_stats() -> dict[str, Any]:
+    router = node.router()
+    per_node: dict[str, Any] = {}
+    failed: list[str] = []
+    for member in router.ring.nodes:
+        if member.name == router.node:
+            per_node[member.name] = node_stats()
+            continue
+        try:
+            per_node[member.name] = router.peers.call(member, "GET", "/api/v1/stats")  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a dead node is reported, not fatal
+            failed.append(member.name)
+            per_node[member.name] = {"error": str(exc)}
+    live = [s for s in per_node.values() if "error" not in s]
+    totals: dict[str, Any] = {name: sum(s.get(name, 0) for s in live) for name in SUMMED}
+    lookups = totals["hits"] + totals["misses"]
+    totals["hit_ratio"] = round(totals["hits"] / lookups, 4) if lookups else 0.0
+    return {"scope": "cluster", **totals, "nodes": per_node, "failed": failed}
+
+
+class FlushViewSet(NodeViewSet):
+    scopes = {"create": "admin"}
+
+    def create(self, request: Request) -> Response:
+        if self.internal:
+            return Response({"flushed": node.store().clear(), "failed": []})
+        router = node.router()
+        flushed, failed = 0, []
+        for member in router.ring.nodes:
+            if member.name == router.node:
+                flushed += node.store().clear()
+                continue
+            try:
+                flushed += router.peers.call(member, "POST", "/api/v1/flush")["flushed"]  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - listed in "failed"
+                failed.append(member.name)
+        return Response({"flushed": flushed, "failed": failed})
+
+
+class HealthViewSet(NodeViewSet):
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def list(self, request: Request) -> Response:
+        draining = node.is_draining()
+        body = {
+            "status": "draining" if draining else "ok",
+            "node": node.membership().node,
+            "ring_version": node.membership().ring.version,
+        }
+        return Response(body, status=503 if draining else 200)
+
+
+class RingViewSet(NodeViewSet):
+    scopes = {"list": "read"}
+
+    def list(self, request: Request) -> Response:
+        return Response(node.membership().ring.to_dict())
