@@ -12,9 +12,11 @@ workers = 1
 worker_class = os.environ.get("CACHE_WORKER_CLASS", "gevent")
 threads = int(os.environ.get("CACHE_THREADS", "4"))
 worker_connections = int(os.environ.get("CACHE_WORKER_CONNECTIONS", "1000"))
-keepalive = 75
+keepalive = 30
 timeout = 60
-graceful_timeout = 10
+# Requests finish in milliseconds; what graceful shutdown would wait for is mostly idle
+# keep-alive connections that peers hold open, so a short grace keeps stops fast.
+graceful_timeout = int(os.environ.get("CACHE_GRACEFUL_TIMEOUT", "3"))
 accesslog = os.environ.get("CACHE_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

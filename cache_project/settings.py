@@ -132,12 +132,18 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        }
+    # Security schemes, the operations' bodies and the operation list: cacheapi.schema.
+    "PREPROCESSING_HOOKS": ["cacheapi.schema.preprocess_endpoints"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cacheapi.schema.add_metrics",
+    ],
+    # PATCH /api/v1/keys/{key} needs its "ttl": no all-optional "Patched" body component.
+    "COMPONENT_SPLIT_PATCH": False,
+    "ENUM_NAME_OVERRIDES": {
+        "NodeStatusEnum": "cacheapi.schema.NODE_STATUSES",
+        "HealthStatusEnum": "cacheapi.schema.HEALTH_STATUSES",
     },
-    "SECURITY": [{"ApiKey": []}],
 }
 
 # Overrides of cacheapi.settings.DEFAULTS; every key can also come from CACHE_<KEY> in the

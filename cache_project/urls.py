@@ -32,6 +32,7 @@ api_v1 = [
     path("stats", views.StatsViewSet.as_view({"get": "list"}), name="stats"),
     path("flush", views.FlushViewSet.as_view({"post": "create"}), name="flush"),
     path("cluster/ring", views.RingViewSet.as_view({"get": "list"}), name="cluster-ring"),
+    path("cluster/nodes", views.NodesViewSet.as_view({"get": "list"}), name="cluster-nodes"),
 ]
 
 # The Go seed's routes, kept working: same actions, same status codes and bodies.

@@ -143,6 +143,9 @@ class HasScope(BasePermission):
         principal = request.user
         if principal is None or not getattr(principal, "is_authenticated", False):
             raise exceptions.NotAuthenticated("send an API key: Authorization: Api-Key <key>")
+        action_map = getattr(view, "action_map", None)
+        if action_map is not None and request.method.lower() not in action_map:
+            return True  # no action for this method: the viewset answers 405 itself
         needed = view.scopes.get(getattr(view, "action", None) or request.method.lower())
         if needed is None:
             return False

@@ -50,6 +50,11 @@ class InvalidRequest(CacheError):
     code = "invalid_request"
 
 
+class Forbidden(CacheError):
+    status = 403
+    code = "forbidden"
+
+
 class ValueTooLarge(CacheError):
     status = 413
     code = "value_too_large"
@@ -126,6 +131,14 @@ def _flatten(detail: Any) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: map every known error to the envelope; others propagate."""
+    response = _envelope(exc)
+    if response is not None:
+        # The envelope is JSON even when the request asked for raw bytes (Accept: octet-stream).
+        response.content_type = "application/json"
+    return response
+
+
+def _envelope(exc: Exception) -> Response | None:
     if isinstance(exc, store.StoreError):
         exc = _STORE_ERRORS.get(type(exc), CacheError)(str(exc))
     if isinstance(exc, CacheError):

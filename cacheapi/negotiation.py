@@ -21,7 +21,7 @@ class FastNegotiation(DefaultContentNegotiation):
     ) -> tuple[Any, str]:
         accept = request.META.get("HTTP_ACCEPT", "")
         first = renderers[0]
-        if not accept or accept == "*/*" or accept.startswith(first.media_type):
+        if not accept or accept == "*/*" or _leads_with(accept, first.media_type):
             return first, first.media_type
         wanted = {part.split(";", 1)[0].strip() for part in accept.split(",")}
         for renderer in renderers:
@@ -32,3 +32,9 @@ class FastNegotiation(DefaultContentNegotiation):
         raise exceptions.NotAcceptable(
             f"this resource can answer {', '.join(r.media_type for r in renderers)}"
         )
+
+
+def _leads_with(accept: str, media_type: str) -> bool:
+    """``accept`` starts with exactly ``media_type`` (not a longer type such as ``...+json``)."""
+    rest = accept[len(media_type) : len(media_type) + 1]
+    return accept.startswith(media_type) and rest in ("", ";", ",", " ")

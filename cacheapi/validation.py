@@ -44,7 +44,7 @@ def validate_ttl(ttl: Any) -> float | None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise errors.InvalidTTL("ttl must be a positive number of seconds or null")
-    if not math.isfinite(ttl) or ttl <= 0:
+    if ttl <= 0 or (isinstance(ttl, float) and not math.isfinite(ttl)):  # huge ints: below
         raise errors.InvalidTTL("ttl must be a positive number of seconds or null")
     if ttl > cluster_settings.MAX_TTL:
         raise errors.InvalidTTL(f"ttl must be at most {cluster_settings.MAX_TTL} seconds")

@@ -43,12 +43,17 @@ class NodeViewSet(viewsets.ViewSet):
 
     @property
     def internal(self) -> bool:
-        """An internal request (it carries X-Forwarded-Hops): served here, never forwarded."""
+        """An internal request (X-Forwarded-Hops from a peer): served here, never forwarded.
+
+        Only peers (cluster secret) may send hops: a client that could make a non-owner serve
+        a write locally would leave stray copies outside the ring."""
         hops = self.request.META.get("HTTP_X_FORWARDED_HOPS")
         if hops is None:
             return False
         if not hops.isdigit():
             raise errors.InvalidRequest(f"{HOPS_HEADER} must be a whole number")
+        if not getattr(self.request.user, "internal", False):
+            raise errors.Forbidden(f"{HOPS_HEADER} is for node-to-node calls only")
         return int(hops) >= 1
 
     def body(self) -> Any:
@@ -120,7 +125,7 @@ class KeyViewSet(NodeViewSet):
     def update(self, request: Request, **kwargs: Any) -> Response:
         key = self._key()
         if request.content_type.startswith(OCTET):
-            data = request.data
+            data = request.data or b""  # DRF gives {} for an empty body: zero bytes
             if not isinstance(data, bytes):
                 raise errors.InvalidValue("an octet-stream body must be raw bytes")
             value, binary = validation.check_value_size(data), True
@@ -176,7 +181,7 @@ class KeyViewSet(NodeViewSet):
 
     def incr(self, request: Request, **kwargs: Any) -> Response:
         key = self._key()
-        delta = validation.validate_delta(self.body() if request.data else {})
+        delta = validation.validate_delta(self.body())  # an empty body parses as {}
         result = node.router().incr(key, delta, local=self.internal)
         if result is None:
             raise errors.NotFound(f"no key {key!r}")
@@ -321,3 +326,29 @@ class RingViewSet(NodeViewSet):
 
     def list(self, request: Request) -> Response:
         return Response(node.membership().ring.to_dict())
+
+
+class NodesViewSet(NodeViewSet):
+    """Every registered node with its status, heartbeat and last reported stats."""
+
+    scopes = {"list": "read"}
+
+    def list(self, request: Request) -> Response:
+        from nodes.models import Node, RingVersion
+
+        ring = node.membership().ring
+        shares = ring.shares()
+        rows = [
+            {
+                "name": n.name,
+                "url": n.url,
+                "status": n.status,
+                "weight": n.weight,
+                "share": round(shares.get(n.name, 0.0), 4),
+                "last_heartbeat": n.last_heartbeat.isoformat() if n.last_heartbeat else None,
+                "consecutive_failures": n.consecutive_failures,
+                "stats": n.last_stats,
+            }
+            for n in Node.objects.all()
+        ]
+        return Response({"version": RingVersion.current(), "nodes": rows})

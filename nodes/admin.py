@@ -25,6 +25,11 @@ class NodeAdmin(admin.ModelAdmin):
                        "updated_at"]
     actions = ["drain", "disable", "enable"]
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "url":
+            kwargs["assume_scheme"] = "http"  # local clusters speak http unless TLS is set up
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         extra_context = {**(extra_context or {}), "ring_version": RingVersion.current()}
         return super().changelist_view(request, extra_context)

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 
 from nodes.ring import Ring, RingNode
 
@@ -91,8 +91,9 @@ class Membership:
             ring = self._loader()
         except Exception:  # noqa: BLE001 - keep the last good ring
             self.reload_errors += 1
-            log.warning("registry unreachable; keeping ring version %s", self.ring.version,
-                        exc_info=True)
+            # self._ring, not self.ring: the property would try the registry a second time.
+            log.warning("registry unreachable; keeping ring version %s",
+                        getattr(self._ring, "version", None), exc_info=True)
             _close_broken_connection()
             return False
         if not ring.nodes:
@@ -120,13 +121,19 @@ class Membership:
         self._thread.start()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.refresh()
-            close_old_connections()
+        try:
+            while not self._stop.wait(self.interval):
+                self.refresh()
+                close_old_connections()
+        finally:
+            connections.close_all()  # this thread's connections only; none left behind
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the watcher and wait for it, so a later start() cannot leave two running."""
         self._stop.set()
-        self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
 
 def _close_broken_connection() -> None:

@@ -54,6 +54,18 @@ class NodeQuerySet(models.QuerySet["Node"]):
                 RingVersion.bump()
             return changed
 
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Bulk delete (the admin's "delete selected" action) bumps the version too."""
+        with transaction.atomic():
+            deleted, per_model = super().delete()
+            if deleted:
+                RingVersion.bump()
+            return deleted, per_model
+
+    # As on QuerySet.delete: never copied to the manager (no ``Node.objects.delete()``).
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
 
 class Node(models.Model):
     class Status(models.TextChoices):
@@ -94,7 +106,9 @@ class Node(models.Model):
         return instance
 
     def _current_ring_state(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f, None) for f in RING_FIELDS)
+        # __dict__, not getattr: reading a deferred field would load it, and loading calls
+        # from_db again (infinite recursion under .only(), .defer(), refresh_from_db(fields=)).
+        return tuple(self.__dict__.get(f) for f in RING_FIELDS)
 
     def ring_changed(self) -> bool:
         return getattr(self, "_ring_state", None) != self._current_ring_state()

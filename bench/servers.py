@@ -154,7 +154,9 @@ class Node:
             except requests.RequestException as exc:
                 last = exc
             time.sleep(0.1)
-        raise TimeoutError(f"node {self.name} not ready in {timeout}s ({last}):\n{self.log()[-4000:]}")
+        raise TimeoutError(
+            f"node {self.name} not ready in {timeout}s ({last}):\n{self.log()[-4000:]}"
+        )
 
     def processes(self) -> list[psutil.Process]:
         """The node's processes: the gunicorn master and its worker."""
@@ -238,9 +240,7 @@ def running_node(registry: Registry, name: str = "n1", **kwargs: Any) -> Iterato
         node.stop()
 
 
-def batch_set(
-    node: Node, api_key: str, items: list[tuple[str, Any]], chunk: int = 1000
-) -> int:
+def batch_set(node: Node, api_key: str, items: list[tuple[str, Any]], chunk: int = 1000) -> int:
     """Store ``(key, value)`` pairs through ``POST /api/v1/batch/set``; returns how many."""
     stored = 0
     with requests.Session() as s:

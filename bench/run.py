@@ -1,0 +1,862 @@
+"""``make bench``: one node against plain Django and Redis, and gevent against gthread.
+
+One run measures, with the same load generator (``bench/load.py``) for every row:
+
+1. a real node (``manage.py runnode``, gevent) with its own registry, N preloaded keys;
+2. single-key ``GET /api/v1/keys/{key}`` and ``PUT /api/v1/keys/{key}``;
+3. the plain-Django ceiling ``GET /bench/plain/{key}`` on the same node (ratio DRF / plain);
+4. ``POST /api/v1/batch/get`` of 100 keys, in keys/s;
+5. Redis on 127.0.0.1:6379 through redis-py: GET, SET, MGET of 100 keys (skipped if absent);
+6. the single GET (and plain GET, batch get) on nodes run with gthread 1 thread, gthread 4
+   threads and gevent.
+
+Writes ``bench/results/foundation.md`` and ``bench/results/foundation.png``.
+
+    .venv/bin/python bench/run.py            # the full run (about 2 minutes)
+    .venv/bin/python bench/run.py --quick    # a smoke run (about 40 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import platform
+import random
+import shlex
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import orjson
+from load import HttpTarget, LoadResult, RedisTarget, http_request, run_load
+from servers import ROOT, Node, Registry, batch_set, cleanup_on_exit
+from tqdm import tqdm
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCH_KEYS = 100
+DRF_PLAIN_TARGET = 0.8
+BATCH_REDIS_TARGET = 1.0
+WORKER_CLASSES: list[tuple[str, int | None]] = [("gthread", 1), ("gthread", 4), ("gevent", None)]
+
+
+# --------------------------------------------------------------------------- the data set
+
+
+def make_dataset(n: int, seed: int = 42) -> list[tuple[str, dict[str, Any]]]:
+    """n keys with JSON values of about 100 bytes (compact encoding)."""
+    rng = random.Random(seed)
+    tags = ["alpha", "beta", "gamma", "delta"]
+    return [
+        (
+            f"bench-{i:06d}",
+            {
+                "id": i,
+                "user": f"user-{i:06d}",
+                "email": f"user{i:06d}@example.com",
+                "score": round(rng.uniform(100, 999), 3),
+                "tags": rng.sample(tags, 2),
+            },
+        )
+        for i in range(n)
+    ]
+
+
+def batches(keys: list[str], count: int, size: int, seed: int = 7) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [rng.sample(keys, size) for _ in range(count)]
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Row:
+    section: str  # "node", "redis", "workers"
+    name: str
+    request: str
+    system: str  # which server: "node (gevent)", "plain Django", "Redis 7.x", ...
+    result: LoadResult | None = None
+    note: str = ""
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rows: list[Row] = []
+        self.data = make_dataset(args.keys)
+        self.keys = [k for k, _ in self.data]
+        self.key_batches = batches(self.keys, 500, BATCH_KEYS)
+        self.bar: tqdm[Any] | None = None
+        self.redis_version = ""
+        self.notes: list[str] = []
+
+    # -- load ------------------------------------------------------------------------------
+    def load(
+        self,
+        label: str,
+        target: HttpTarget | RedisTarget,
+        cpu: Callable[[], float],
+        duration: float | None = None,
+    ) -> LoadResult:
+        a = self.args
+        duration = duration or a.duration
+        bar = self.bar
+        base = bar.n if bar is not None else 0.0
+
+        def progress(elapsed: float) -> None:
+            if bar is not None:
+                bar.n = round(base + max(0.0, elapsed), 1)
+                bar.refresh()
+
+        if bar is not None:
+            bar.set_description(label)
+        result = run_load(
+            target,
+            duration=duration,
+            warmup=a.warmup,
+            procs=a.procs,
+            conns=a.conns,
+            client_cpus=[1] if a.pin else None,
+            server_cpu=cpu,
+            progress=progress,
+        )
+        if bar is not None:
+            bar.n = round(base + a.warmup + duration, 1)
+            bar.set_postfix_str(f"{label}: {result.ops_per_s:,.0f} ops/s")
+        return result
+
+    def planned_seconds(self) -> float:
+        a = self.args
+        row = a.warmup + a.duration
+        node = 2 * (a.rounds * a.warmup + a.duration) + 2 * row  # GET/plain rounds, SET, batch
+        return node + 3 * row + 3 * len(WORKER_CLASSES) * row
+
+    # -- a node ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def node(self, worker_class: str, threads: int | None) -> Iterator[tuple[Node, str]]:
+        """A fresh registry and node (so no earlier node is in its ring), preloaded."""
+        registry = Registry(CACHE_BENCH_ROUTES="1")
+        node = Node(
+            registry,
+            "n1",
+            worker_class=worker_class,
+            threads=threads,
+            cpu=0 if self.args.pin else None,
+        )
+        try:
+            if self.bar is not None:
+                self.bar.set_description(f"start {node.label}")
+            node.start().wait_ready()
+            stored = batch_set(node, registry.api_key, self.data)
+            if stored != len(self.data):
+                raise RuntimeError(f"preload stored {stored} of {len(self.data)} keys")
+            yield node, registry.api_key
+        finally:
+            node.stop()
+            registry.remove()
+
+    def http_targets(self, node: Node, api_key: str) -> dict[str, HttpTarget]:
+        host = f"{node.host}:{node.port}"
+        ep = [(node.host, node.port)]
+        auth = {"X-API-Key": api_key}
+        json_auth = {**auth, "Content-Type": "application/json"}
+        return {
+            "get": HttpTarget(
+                ep,
+                [
+                    http_request("GET", f"/api/v1/keys/{k}", host=host, headers=auth)
+                    for k in self.keys
+                ],
+            ),
+            "plain": HttpTarget(
+                ep,
+                [
+                    http_request("GET", f"/bench/plain/{k}", host=host, headers=auth)
+                    for k in self.keys
+                ],
+            ),
+            "set": HttpTarget(
+                ep,
+                [
+                    http_request(
+                        "PUT",
+                        f"/api/v1/keys/{k}",
+                        host=host,
+                        headers=json_auth,
+                        body=orjson.dumps({"value": v}),
+                    )
+                    for k, v in self.data
+                ],
+            ),
+            "batch": HttpTarget(
+                ep,
+                [
+                    http_request(
+                        "POST",
+                        "/api/v1/batch/get",
+                        host=host,
+                        headers=json_auth,
+                        body=orjson.dumps({"keys": b}),
+                    )
+                    for b in self.key_batches
+                ],
+                keys_per_op=BATCH_KEYS,
+            ),
+        }
+
+    def run_node_section(self) -> None:
+        with self.node("gevent", None) as (node, api_key):
+            t = self.http_targets(node, api_key)
+            system = f"node ({node.label})"
+            # DRF GET and its plain-Django ceiling alternate in rounds, so that a burst of other
+            # work on the machine weighs on both sides of the ratio alike.
+            rounds: dict[str, list[LoadResult]] = {"get": [], "plain": []}
+            part = self.args.duration / self.args.rounds
+            for i in range(self.args.rounds):
+                for key, label in (("get", "GET"), ("plain", "plain GET")):
+                    suffix = f" {i + 1}/{self.args.rounds}" if self.args.rounds > 1 else ""
+                    rounds[key].append(
+                        self.load(f"node {label}{suffix}", t[key], node.cpu_seconds, part)
+                    )
+            measured = {key: LoadResult.merge(results) for key, results in rounds.items()}
+            measured["set"] = self.load("node SET", t["set"], node.cpu_seconds)
+            measured["batch"] = self.load(
+                f"node batch get {BATCH_KEYS}", t["batch"], node.cpu_seconds
+            )
+            for name, request, key in [
+                ("GET", "GET /api/v1/keys/{key}", "get"),
+                ("SET", "PUT /api/v1/keys/{key}", "set"),
+                ("plain GET", "GET /bench/plain/{key}", "plain"),
+                (f"batch get {BATCH_KEYS}", "POST /api/v1/batch/get", "batch"),
+            ]:
+                sys_name = "plain Django (same node)" if key == "plain" else system
+                self.rows.append(Row("node", name, request, sys_name, measured[key]))
+
+    # -- Redis -----------------------------------------------------------------------------
+    def run_redis_section(self) -> None:
+        import redis
+
+        host, port, db = self.args.redis_host, self.args.redis_port, self.args.redis_db
+        client = redis.Redis(
+            host=host, port=port, db=db, socket_connect_timeout=1, socket_timeout=5
+        )
+        requests_ = [
+            ("GET", "GET key"),
+            ("SET", "SET key value EX 3600"),
+            (f"batch get {BATCH_KEYS}", f"MGET of {BATCH_KEYS} keys"),
+        ]
+        try:
+            info = client.info("server")
+            self.redis_version = str(info.get("redis_version", "?"))
+        except (redis.RedisError, OSError) as exc:
+            note = f"skipped: Redis did not answer on {host}:{port} ({type(exc).__name__})"
+            for name, request in requests_:
+                self.rows.append(Row("redis", name, request, "Redis", None, note))
+            if self.bar is not None:
+                self.bar.total -= 3 * (self.args.warmup + self.args.duration)
+            return
+        system = f"Redis {self.redis_version} (redis-py)"
+        prefix = f"cachebench:{uuid.uuid4().hex[:8]}:"
+        values = {k: orjson.dumps(v) for k, v in self.data}
+        rkeys = [prefix + k for k in self.keys]
+
+        def redis_cpu() -> float:
+            cpu = client.info("cpu")
+            return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+        try:
+            if self.bar is not None:
+                self.bar.set_description("Redis preload")
+            pipe = client.pipeline(transaction=False)
+            for k in self.keys:  # expiring keys: nothing stays behind even if the run dies
+                pipe.set(prefix + k, values[k], ex=3600)
+            pipe.execute()
+            targets = {
+                "GET": RedisTarget(host, port, [("GET", k) for k in rkeys], db=db),
+                "SET": RedisTarget(
+                    host,
+                    port,
+                    [("SET", prefix + k, values[k], "EX", 3600) for k in self.keys],
+                    db=db,
+                ),
+                "MGET": RedisTarget(
+                    host,
+                    port,
+                    [("MGET", *(prefix + k for k in b)) for b in self.key_batches],
+                    keys_per_op=BATCH_KEYS,
+                    db=db,
+                ),
+            }
+            for (name, request), key in zip(requests_, targets, strict=True):
+                result = self.load(f"Redis {name}", targets[key], redis_cpu)
+                self.rows.append(Row("redis", name, request, system, result))
+        finally:
+            for i in range(0, len(rkeys), 1000):
+                with contextlib.suppress(redis.RedisError, OSError):
+                    client.delete(*rkeys[i : i + 1000])
+            client.close()
+
+    # -- worker classes --------------------------------------------------------------------
+    def run_worker_section(self) -> None:
+        for worker_class, threads in WORKER_CLASSES:
+            with self.node(worker_class, threads) as (node, api_key):
+                t = self.http_targets(node, api_key)
+                for name, request, key in [
+                    ("GET", "GET /api/v1/keys/{key}", "get"),
+                    ("plain GET", "GET /bench/plain/{key}", "plain"),
+                    (f"batch get {BATCH_KEYS}", "POST /api/v1/batch/get", "batch"),
+                ]:
+                    result = self.load(f"{node.label} {name}", t[key], node.cpu_seconds)
+                    self.rows.append(Row("workers", name, request, node.label, result))
+
+    def run(self) -> None:
+        a = self.args
+        total = self.planned_seconds()
+        with tqdm(
+            total=round(total, 1),
+            unit="s",
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s load [{elapsed}<{remaining}]{postfix}",
+        ) as bar:
+            self.bar = bar
+            self.run_node_section()
+            if a.no_redis:
+                for name, request in [
+                    ("GET", "GET key"),
+                    ("SET", "SET key value EX 3600"),
+                    (f"batch get {BATCH_KEYS}", f"MGET of {BATCH_KEYS} keys"),
+                ]:
+                    self.rows.append(
+                        Row("redis", name, request, "Redis", None, "skipped: --no-redis")
+                    )
+                bar.total -= 3 * (a.warmup + a.duration)
+            else:
+                self.run_redis_section()
+            self.run_worker_section()
+            bar.set_description("done")
+            self.bar = None
+
+
+# --------------------------------------------------------------------------- report
+
+
+def find(rows: list[Row], section: str, name: str, system: str | None = None) -> LoadResult | None:
+    for row in rows:
+        if row.section == section and row.name == name and (system is None or row.system == system):
+            return row.result
+    return None
+
+
+def fmt(value: float | None, spec: str = ",.0f") -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return format(value, spec)
+
+
+def machine_facts() -> dict[str, str]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    versions = []
+    for pkg in ("Django", "djangorestframework", "gunicorn", "gevent", "redis", "orjson"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions.append(f"{pkg} {metadata.version(pkg)}")
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu_model or platform.processor() or "?",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "os": f"{platform.system()} {platform.release()}",
+        "packages": ", ".join(versions),
+    }
+
+
+def loadavg() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def ratio(a: LoadResult | None, b: LoadResult | None, per: str = "ops") -> float | None:
+    if a is None or b is None:
+        return None
+    x, y = (a.keys_per_s, b.keys_per_s) if per == "keys" else (a.ops_per_s, b.ops_per_s)
+    return x / y if y else None
+
+
+def verdict(value: float | None, target: float) -> str:
+    if value is None:
+        return "not measured"
+    return "**met**" if value >= target else "**not met**"
+
+
+def bottleneck(r: LoadResult) -> str:
+    """Where the time went: the server's core, the client, other processes, or waiting."""
+    server = r.server_cpu_pct or 0.0
+    other = r.other_cpu_pct or 0.0
+    cores = 100.0 * (os.cpu_count() or 1)
+    if server >= 85:
+        return "server CPU"
+    if server + r.client_cpu_pct + other >= 0.85 * cores:
+        if other >= 50:
+            return "machine busy (other processes)"
+        return "client CPU" if r.client_cpu_pct > server else "machine CPU"
+    if other >= 50:
+        return "other processes"
+    return "server waits (not CPU-bound)"
+
+
+def report(
+    bench: Bench, command: str, started: dt.datetime, load_before: str, load_after: str
+) -> str:
+    a = bench.args
+    rows = bench.rows
+    facts = machine_facts()
+    out: list[str] = []
+    w = out.append
+    w("# Foundation benchmark: one node, plain Django, Redis, worker classes\n")
+    w(f"Command: `{command}` (what `make bench` runs, from `{ROOT}`)\n")
+    w("| machine | |")
+    w("| --- | --- |")
+    w(f"| date (UTC) | {started:%Y-%m-%d %H:%M:%S} |")
+    w(f"| nproc | {facts['nproc']} ({facts['cpu']}) |")
+    w(f"| python | {facts['python']} ({sys.executable}) |")
+    w(f"| os | {facts['os']} |")
+    w(f"| packages | {facts['packages']} |")
+    redis_version = bench.redis_version or "not measured"
+    w(f"| Redis server | {redis_version} on {a.redis_host}:{a.redis_port} |")
+    w(f"| load average 1/5/15 min | before {load_before}, after {load_after} |")
+    w("")
+    pin = (
+        "node pinned to CPU 0 and load processes to CPU 1 (taskset / sched_setaffinity)"
+        if a.pin
+        else "no CPU pinning (the OS schedules node, Redis and load processes)"
+    )
+    w(
+        f"Load: {a.procs} client processes x {a.conns} keep-alive connections each "
+        f"({a.procs * a.conns} requests in flight), closed loop, {a.warmup:g} s warm-up then "
+        f"{a.duration:g} s measured per row; random keys from {len(bench.keys):,} preloaded keys "
+        f"with compact JSON values of about {avg_value_size(bench):.0f} bytes; batch rows ask for "
+        f"{BATCH_KEYS} random distinct keys. Each node is one gunicorn worker process "
+        f"with a fresh SQLite registry; {pin}. HTTP clients send pre-built request bytes on "
+        "raw sockets and frame answers by Content-Length (no JSON decoding); the Redis rows use "
+        "the same processes, connections and loop with one redis-py Connection per lane "
+        "(commands packed and answers parsed by redis-py).\n"
+    )
+    w("## Results\n")
+    w(
+        "| # | scenario | request | server | ops/s | keys/s | p50 ms | mean ms | p99 ms | errors "
+        "| server CPU | client CPU | other CPU | server CPU ms / 1k ops | limited by |"
+    )
+    w(
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | --- |"
+    )
+    for i, row in enumerate(rows, 1):
+        r = row.result
+        if r is None:
+            w(
+                f"| {i} | {row.name} | `{row.request}` | {row.system} | {row.note} "
+                "| | | | | | | | | | |"
+            )
+            continue
+        per_1k = r.server_cpu_per_1k_ops
+        w(
+            f"| {i} | {row.name} | `{row.request}` | {row.system} | {fmt(r.ops_per_s)} "
+            f"| {fmt(r.keys_per_s)} | {fmt(r.p50_ms, '.2f')} | {fmt(r.mean_ms, '.2f')} "
+            f"| {fmt(r.p99_ms, '.2f')} | {r.errors} | {fmt(r.server_cpu_pct, '.0f')}% "
+            f"| {fmt(r.client_cpu_pct, '.0f')}% | {fmt(r.other_cpu_pct, '.0f')}% "
+            f"| {fmt(None if per_1k is None else per_1k * 1000, '.0f')} | {bottleneck(r)} |"
+        )
+    w("")
+    w(
+        "CPU columns are percent of one core over the measured window (the machine has "
+        f"{facts['nproc']} cores = {100 * (os.cpu_count() or 1)}%): server = the node's gunicorn "
+        "master + worker (psutil) or Redis (`INFO cpu`); client = the load processes' own CPU "
+        f"time, summed over the {a.procs} processes; other = everything else the machine ran "
+        "(other people's tests, the OS), from `/proc/stat`. Limited by: server CPU when the "
+        "server uses >= 85% of its core; client or machine CPU when all cores are >= 85% busy; "
+        "server waits when neither is the case (the server is idle part of the time although "
+        f"{a.procs * a.conns} requests are always outstanding)."
+    )
+    if a.rounds > 1:
+        w(
+            f"Rows 1 and 3 alternate in {a.rounds} rounds of {a.duration / a.rounds:g} s each "
+            "(each with its own warm-up), merged."
+        )
+    w("")
+
+    drf_plain = ratio(find(rows, "node", "GET"), find(rows, "node", "plain GET"))
+    batch_name = f"batch get {BATCH_KEYS}"
+    batch_redis = ratio(find(rows, "node", batch_name), find(rows, "redis", batch_name), "keys")
+    get_redis = ratio(find(rows, "node", "GET"), find(rows, "redis", "GET"))
+    w("## Targets\n")
+    w("| check | measured | target | verdict |")
+    w("| --- | ---: | ---: | --- |")
+    w(
+        f"| DRF GET ops/s / plain Django GET ops/s (rows 1, 3) | {fmt(drf_plain, '.2f')} "
+        f"| >= {DRF_PLAIN_TARGET} | {verdict(drf_plain, DRF_PLAIN_TARGET)} |"
+    )
+    w(
+        f"| node batch-get keys/s / Redis MGET-{BATCH_KEYS} keys/s (rows 4, 7) "
+        f"| {fmt(batch_redis, '.2f')} | >= {BATCH_REDIS_TARGET:g} "
+        f"| {verdict(batch_redis, BATCH_REDIS_TARGET)} |"
+    )
+    w(f"| node GET ops/s / Redis GET ops/s (rows 1, 5; scale) | {fmt(get_redis, '.3f')} | | |")
+    w("")
+
+    w("## Worker class (same load, one node each, started one after another)\n")
+    w(
+        "| worker class | DRF GET ops/s | DRF GET p99 ms | plain GET ops/s | DRF / plain "
+        f"| batch get {BATCH_KEYS} keys/s | DRF GET vs gevent |"
+    )
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    labels = [r.system for r in rows if r.section == "workers" and r.name == "GET"]
+    gevent_get = next(
+        (find(rows, "workers", "GET", lab) for lab in labels if lab == "gevent"), None
+    )
+    for lab in labels:
+        g = find(rows, "workers", "GET", lab)
+        p = find(rows, "workers", "plain GET", lab)
+        b = find(rows, "workers", batch_name, lab)
+        w(
+            f"| {lab} | {fmt(g and g.ops_per_s)} | {fmt(g and g.p99_ms, '.2f')} "
+            f"| {fmt(p and p.ops_per_s)} | {fmt(ratio(g, p), '.2f')} | {fmt(b and b.keys_per_s)} "
+            f"| {fmt(ratio(g, gevent_get), '.2f')} |"
+        )
+    w("")
+    w("## Observations (computed from this run)\n")
+    for line in observations(bench, drf_plain, batch_redis, gevent_get, labels):
+        w(f"- {line}")
+    w("")
+    w("## Notes and limits\n")
+    w(
+        f"- The machine has {facts['nproc']} cores: the node (one worker process, so at most one "
+        "core) and the load processes share them. The HTTP client costs a few percent of a core "
+        "per 1,000 requests/s (see the client CPU column), so node rows measure the node. "
+        "Redis serves a request in a few microseconds, so its rows are limited by this "
+        "Python client (redis-py parsing) and by sharing the cores with it: they are a lower "
+        "bound of what Redis can do, measured from the same client as the node's rows."
+    )
+    w(
+        "- Latency is measured per request by the client (`time.perf_counter`, send to full "
+        f"answer) under a closed loop with {a.procs * a.conns} requests in flight, so it includes "
+        "queueing at a saturated server (mean ~ in-flight / throughput). p99 also shows how "
+        "fairly the server shares itself between connections."
+    )
+    w("- Other processes on the machine (tests, editors) were not stopped; see the load average.")
+    w("- Raw per-row data: `bench/results/foundation.json`.")
+    return "\n".join(out) + "\n"
+
+
+def avg_value_size(bench: Bench) -> float:
+    return sum(len(orjson.dumps(v)) for _, v in bench.data) / max(1, len(bench.data))
+
+
+def observations(
+    bench: Bench,
+    drf_plain: float | None,
+    batch_redis: float | None,
+    gevent_get: LoadResult | None,
+    labels: list[str],
+) -> list[str]:
+    rows = bench.rows
+    lines = []
+    node_rows = [r.result for r in rows if r.section in ("node", "workers") and r.result]
+    if node_rows:
+        smax = max(r.server_cpu_pct or 0 for r in node_rows)
+        smin = min(r.server_cpu_pct or 0 for r in node_rows)
+        cmax = max(r.client_cpu_pct for r in node_rows)
+        lines.append(
+            f"Node rows: the node used {smin:.0f}-{smax:.0f}% of a core while the load processes "
+            f"used at most {cmax:.0f}% together: the server is the bottleneck, not the client."
+        )
+    redis_rows = [r.result for r in rows if r.section == "redis" and r.result]
+    if redis_rows:
+        parts = ", ".join(
+            f"{r.name} server {fmt(r.result.server_cpu_pct, '.0f')}% / client "
+            f"{r.result.client_cpu_pct:.0f}%"
+            for r in rows
+            if r.section == "redis" and r.result
+        )
+        lines.append(
+            f"Redis rows ({parts}): Redis is far from saturated; the client is the limit, so "
+            "Redis' real capacity is higher than shown."
+        )
+    if drf_plain is not None:
+        lines.append(
+            f"DRF GET reaches {drf_plain:.2f}x the plain-Django ceiling on the same node "
+            f"(target >= {DRF_PLAIN_TARGET}): {verdict(drf_plain, DRF_PLAIN_TARGET)}."
+        )
+    if batch_redis is not None:
+        b = find(rows, "node", f"batch get {BATCH_KEYS}")
+        m = find(rows, "redis", f"batch get {BATCH_KEYS}")
+        assert b is not None
+        assert m is not None
+        lines.append(
+            f"Batch get of {BATCH_KEYS} keys: {b.keys_per_s:,.0f} keys/s on the node against "
+            f"{m.keys_per_s:,.0f} keys/s for Redis MGET from the same client ({batch_redis:.2f}x, "
+            f"target >= {BATCH_REDIS_TARGET:g}): {verdict(batch_redis, BATCH_REDIS_TARGET)}."
+        )
+    if gevent_get is not None and len(labels) > 1:
+        best = max(
+            labels, key=lambda lab: (find(rows, "workers", "GET", lab) or gevent_get).ops_per_s
+        )
+        rel = ", ".join(
+            f"{lab} {fmt(ratio(gevent_get, find(rows, 'workers', 'GET', lab)), '.2f')}x"
+            for lab in labels
+            if lab != "gevent"
+        )
+        lines.append(
+            f"Worker class: gevent serves DRF GET at {rel} the rate of the other classes; the "
+            f"fastest here is {best}. DESIGN.md expects gevent to be about 1.35x gthread/1 and "
+            "1.9x gthread/4."
+        )
+        tails = ", ".join(
+            f"{lab} {fmt((find(rows, 'workers', 'GET', lab) or gevent_get).p99_ms, '.1f')} ms"
+            for lab in labels
+        )
+        lines.append(f"DRF GET p99 by worker class: {tails}.")
+    return lines
+
+
+def plot(bench: Bench, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = bench.rows
+    batch_name = f"batch get {BATCH_KEYS}"
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig.suptitle(
+        f"Foundation benchmark ({bench.args.procs}x{bench.args.conns} connections, "
+        f"{bench.args.duration:g} s per bar, {os.cpu_count()} cores)"
+    )
+
+    def bars(
+        ax: Any,
+        groups: list[str],
+        series: dict[str, list[float | None]],
+        ylabel: str,
+        title: str,
+        log: bool = False,
+        fmt_spec: str = ",.0f",
+    ) -> None:
+        n = len(series)
+        width = 0.8 / max(1, n)
+        for i, (label, vals) in enumerate(series.items()):
+            xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
+            ys = [v if v is not None else 0 for v in vals]
+            rects = ax.bar(xs, ys, width, label=label)
+            for rect, v in zip(rects, vals, strict=True):
+                if v is not None:
+                    ax.annotate(
+                        format(v, fmt_spec),
+                        (rect.get_x() + rect.get_width() / 2, v),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        rotation=0,
+                    )
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+
+    def val(section: str, name: str, attr: str) -> float | None:
+        r = find(rows, section, name)
+        return None if r is None else getattr(r, attr)
+
+    groups = ["GET", "SET", f"batch {BATCH_KEYS}"]
+    names = ["GET", "SET", batch_name]
+    bars(
+        axes[0][0],
+        groups,
+        {
+            "node (DRF, gevent)": [val("node", n, "ops_per_s") for n in names],
+            "plain Django (same node)": [val("node", "plain GET", "ops_per_s"), None, None],
+            "Redis (redis-py)": [val("redis", n, "ops_per_s") for n in names],
+        },
+        "requests/s (log)",
+        "Throughput: requests per second",
+        log=True,
+    )
+    bars(
+        axes[0][1],
+        groups,
+        {
+            "node (DRF, gevent)": [val("node", n, "p99_ms") for n in names],
+            "plain Django (same node)": [val("node", "plain GET", "p99_ms"), None, None],
+            "Redis (redis-py)": [val("redis", n, "p99_ms") for n in names],
+        },
+        "ms (log)",
+        "p99 latency",
+        log=True,
+        fmt_spec=".2f",
+    )
+    bars(
+        axes[1][0],
+        ["single GET", f"batch get / MGET {BATCH_KEYS}"],
+        {
+            "node": [val("node", "GET", "keys_per_s"), val("node", batch_name, "keys_per_s")],
+            "Redis": [val("redis", "GET", "keys_per_s"), val("redis", batch_name, "keys_per_s")],
+        },
+        "keys/s (log)",
+        "Keys per second",
+        log=True,
+    )
+    labels = [r.system for r in rows if r.section == "workers" and r.name == "GET"]
+
+    def wval(name: str, lab: str, attr: str) -> float | None:
+        r = find(rows, "workers", name, lab)
+        return None if r is None else getattr(r, attr)
+
+    bars(
+        axes[1][1],
+        ["DRF GET", "plain GET", f"batch {BATCH_KEYS} (x100 keys)"],
+        {
+            lab: [
+                wval("GET", lab, "ops_per_s"),
+                wval("plain GET", lab, "ops_per_s"),
+                wval(batch_name, lab, "ops_per_s"),
+            ]
+            for lab in labels
+        },
+        "requests/s",
+        "Worker class: requests per second",
+    )
+    fig.tight_layout()
+    tmp = path.with_suffix(".png.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_json(bench: Bench, path: Path, meta: dict[str, Any]) -> None:
+    rows = []
+    for row in bench.rows:
+        r = row.result
+        item: dict[str, Any] = {
+            "section": row.section,
+            "scenario": row.name,
+            "request": row.request,
+            "server": row.system,
+            "note": row.note,
+        }
+        if r is not None:
+            item.update(
+                ops=r.ops,
+                errors=r.errors,
+                duration_s=r.duration,
+                ops_per_s=r.ops_per_s,
+                keys_per_s=r.keys_per_s,
+                p50_ms=r.p50_ms,
+                mean_ms=r.mean_ms,
+                p99_ms=r.p99_ms,
+                server_cpu_s=r.server_cpu_s,
+                client_cpu_s=r.client_cpu_s,
+                machine_cpu_s=r.machine_cpu_s,
+                other_cpu_pct=r.other_cpu_pct,
+                server_cpu_per_1k_ops_s=r.server_cpu_per_1k_ops,
+                procs=r.procs,
+                conns=r.conns,
+                error_samples=r.error_samples,
+            )
+        rows.append(item)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(orjson.dumps({**meta, "rows": rows}, option=orjson.OPT_INDENT_2))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--duration", type=float, default=None, help="measured seconds per row (5)")
+    p.add_argument("--warmup", type=float, default=None, help="warm-up seconds per row (1)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 s rows, 2,000 keys")
+    p.add_argument("--keys", type=int, default=None, help="preloaded keys (10000)")
+    p.add_argument("--procs", type=int, default=2, help="load processes (2)")
+    p.add_argument("--conns", type=int, default=4, help="connections per load process (4)")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="alternating rounds of DRF GET and plain GET (2)"
+    )
+    p.add_argument(
+        "--pin", action="store_true", help="pin the node to CPU 0 and the load processes to CPU 1"
+    )
+    p.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
+    p.add_argument("--redis-host", default="127.0.0.1")
+    p.add_argument("--redis-port", type=int, default=6379)
+    p.add_argument("--redis-db", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    p.add_argument("--name", default="foundation", help="results file stem (foundation)")
+    a = p.parse_args(argv)
+    a.duration = a.duration if a.duration is not None else (1.0 if a.quick else 5.0)
+    a.warmup = a.warmup if a.warmup is not None else (0.3 if a.quick else 1.0)
+    a.keys = a.keys if a.keys is not None else (2000 if a.quick else 10_000)
+    if a.redis_host not in ("127.0.0.1", "localhost", "::1"):
+        p.error("--redis-host: loopback only")
+    if min(a.procs, a.conns, a.rounds) < 1 or a.duration <= 0 or a.warmup < 0:
+        p.error("need --duration > 0, --warmup >= 0 and --procs, --conns, --rounds >= 1")
+    if a.keys < BATCH_KEYS:
+        p.error(f"--keys must be at least {BATCH_KEYS}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "cd {} && .venv/bin/python bench/run.py{}".format(
+        ROOT, "".join(" " + shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
+    )
+    started = dt.datetime.now(dt.UTC)
+    load_before = loadavg()
+    bench = Bench(args)
+    try:
+        with cleanup_on_exit():
+            bench.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: every node was stopped; no results written", file=sys.stderr)
+        return 130
+    load_after = loadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = args.out / f"{args.name}.md"
+    png = args.out / f"{args.name}.png"
+    text = report(bench, command, started, load_before, load_after)
+    tmp = md.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(md)
+    plot(bench, png)
+    write_json(
+        bench,
+        args.out / f"{args.name}.json",
+        {"command": command, "date": started.isoformat(), **machine_facts()},
+    )
+    print(text)
+    print(
+        f"wrote {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md}, {png.name}, "
+        f"{args.name}.json",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
