@@ -560,6 +560,33 @@ def machine_busy_seconds() -> float | None:
     return sum(t) - sum(getattr(t, name, 0.0) for name in not_busy)
 
 
+def wait_for_quiet(
+    server_cpu: Callable[[], float] | None = None,
+    *,
+    max_wait: float = 10.0,
+    threshold_pct: float = 25.0,
+    interval: float = 0.5,
+) -> tuple[float, float | None]:
+    """Wait (at most ``max_wait`` s) until the rest of the machine, i.e. everything but the
+    idle server under test, uses less than ``threshold_pct`` of a core.
+
+    Returns (seconds waited, other CPU % in the last interval); other CPU is None when
+    /proc/stat cannot be read. Other people's test runs on a 2-core machine would otherwise
+    decide the numbers.
+    """
+    started = time.perf_counter()
+    while True:
+        b0, s0 = machine_busy_seconds(), server_cpu() if server_cpu else 0.0
+        time.sleep(interval)
+        b1, s1 = machine_busy_seconds(), server_cpu() if server_cpu else 0.0
+        waited = time.perf_counter() - started
+        if b0 is None or b1 is None:
+            return waited, None
+        other = max(0.0, 100.0 * ((b1 - b0) - (s1 - s0)) / interval)
+        if other < threshold_pct or waited >= max_wait:
+            return waited, other
+
+
 # --------------------------------------------------------------------------- request builders
 
 

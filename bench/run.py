@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
-from load import HttpTarget, LoadResult, RedisTarget, http_request, run_load
+from load import HttpTarget, LoadResult, RedisTarget, http_request, run_load, wait_for_quiet
 from servers import ROOT, Node, Registry, batch_set, cleanup_on_exit
 from tqdm import tqdm
 
@@ -44,6 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_KEYS = 100
 DRF_PLAIN_TARGET = 0.8
 BATCH_REDIS_TARGET = 1.0
+NOISY_PCT = 25.0  # other processes using more than this much of a core make a row noisy
 WORKER_CLASSES: list[tuple[str, int | None]] = [("gthread", 1), ("gthread", 4), ("gevent", None)]
 
 
@@ -96,7 +97,7 @@ class Bench:
         self.key_batches = batches(self.keys, 500, BATCH_KEYS)
         self.bar: tqdm[Any] | None = None
         self.redis_version = ""
-        self.notes: list[str] = []
+        self.waited = 0.0  # seconds spent waiting for other processes to calm down
 
     # -- load ------------------------------------------------------------------------------
     def load(
@@ -116,6 +117,14 @@ class Bench:
                 bar.n = round(base + max(0.0, elapsed), 1)
                 bar.refresh()
 
+        budget = a.quiet_wait_total - self.waited
+        if budget > 0:
+            if bar is not None:
+                bar.set_description(f"{label} (waiting for a quiet machine)")
+            waited, _ = wait_for_quiet(
+                cpu, max_wait=min(a.quiet_wait, budget), threshold_pct=NOISY_PCT
+            )
+            self.waited += waited
         if bar is not None:
             bar.set_description(label)
         result = run_load(
@@ -402,6 +411,13 @@ def verdict(value: float | None, target: float) -> str:
 
 
 def bottleneck(r: LoadResult) -> str:
+    label = _bottleneck(r)
+    if (r.other_cpu_pct or 0.0) >= NOISY_PCT and not label.startswith(("machine busy", "other")):
+        label += f" (noisy: other processes {r.other_cpu_pct:.0f}%)"
+    return label
+
+
+def _bottleneck(r: LoadResult) -> str:
     """Where the time went: the server's core, the client, other processes, or waiting."""
     server = r.server_cpu_pct or 0.0
     other = r.other_cpu_pct or 0.0
@@ -490,6 +506,22 @@ def report(
         "server waits when neither is the case (the server is idle part of the time although "
         f"{a.procs * a.conns} requests are always outstanding)."
     )
+    noisy = [
+        str(i)
+        for i, row in enumerate(rows, 1)
+        if row.result is not None and (row.result.other_cpu_pct or 0.0) >= NOISY_PCT
+    ]
+    w(
+        f"Before each row the run waited (at most {a.quiet_wait:g} s a row, "
+        f"{a.quiet_wait_total:g} s in all) for other processes to use less than {NOISY_PCT:g}% "
+        f"of a core; it waited {bench.waited:.0f} s in all. "
+        + (
+            f"Rows measured while other processes still used >= {NOISY_PCT:g}% of a core "
+            f"(numbers there are low and unreliable): {', '.join(noisy)}."
+            if noisy
+            else "No row was disturbed by other processes."
+        )
+    )
     if a.rounds > 1:
         w(
             f"Rows 1 and 3 alternate in {a.rounds} rounds of {a.duration / a.rounds:g} s each "
@@ -571,29 +603,39 @@ def observations(
     gevent_get: LoadResult | None,
     labels: list[str],
 ) -> list[str]:
+    """Plain statements computed from the numbers (the human reading is in the report)."""
     rows = bench.rows
     lines = []
-    node_rows = [r.result for r in rows if r.section in ("node", "workers") and r.result]
-    if node_rows:
-        smax = max(r.server_cpu_pct or 0 for r in node_rows)
-        smin = min(r.server_cpu_pct or 0 for r in node_rows)
-        cmax = max(r.client_cpu_pct for r in node_rows)
+    quiet = [
+        r.result
+        for r in rows
+        if r.section in ("node", "workers")
+        and r.result
+        and (r.result.other_cpu_pct or 0.0) < NOISY_PCT
+    ]
+    if quiet:
+        saturated = [r for r in quiet if (r.server_cpu_pct or 0.0) >= 85]
         lines.append(
-            f"Node rows: the node used {smin:.0f}-{smax:.0f}% of a core while the load processes "
-            f"used at most {cmax:.0f}% together: the server is the bottleneck, not the client."
+            f"Node rows on a quiet machine ({len(quiet)}): the node used "
+            f"{min(r.server_cpu_pct or 0 for r in quiet):.0f}-"
+            f"{max(r.server_cpu_pct or 0 for r in quiet):.0f}% of a core, the load processes "
+            f"at most {max(r.client_cpu_pct for r in quiet):.0f}% together; {len(saturated)} of "
+            f"them have the node's core saturated (the server, not the client, is the limit)."
         )
-    redis_rows = [r.result for r in rows if r.section == "redis" and r.result]
-    if redis_rows:
-        parts = ", ".join(
-            f"{r.name} server {fmt(r.result.server_cpu_pct, '.0f')}% / client "
-            f"{r.result.client_cpu_pct:.0f}%"
-            for r in rows
-            if r.section == "redis" and r.result
-        )
-        lines.append(
-            f"Redis rows ({parts}): Redis is far from saturated; the client is the limit, so "
-            "Redis' real capacity is higher than shown."
-        )
+    for row in rows:
+        r = row.result
+        if row.section == "redis" and r is not None:
+            lines.append(
+                f"Redis {row.name}: Redis at {fmt(r.server_cpu_pct, '.0f')}% of a core, the "
+                f"client at {r.client_cpu_pct:.0f}%, other processes at "
+                f"{fmt(r.other_cpu_pct, '.0f')}%: "
+                + (
+                    "Redis is saturated."
+                    if (r.server_cpu_pct or 0) >= 85
+                    else "Redis is not saturated; the Python client (and the shared cores) "
+                    "is the limit, so Redis can do more than shown."
+                )
+            )
     if drf_plain is not None:
         lines.append(
             f"DRF GET reaches {drf_plain:.2f}x the plain-Django ceiling on the same node "
@@ -610,24 +652,21 @@ def observations(
             f"target >= {BATCH_REDIS_TARGET:g}): {verdict(batch_redis, BATCH_REDIS_TARGET)}."
         )
     if gevent_get is not None and len(labels) > 1:
-        best = max(
-            labels, key=lambda lab: (find(rows, "workers", "GET", lab) or gevent_get).ops_per_s
-        )
+        got = {lab: find(rows, "workers", "GET", lab) or gevent_get for lab in labels}
+        best = max(labels, key=lambda lab: got[lab].ops_per_s)
         rel = ", ".join(
-            f"{lab} {fmt(ratio(gevent_get, find(rows, 'workers', 'GET', lab)), '.2f')}x"
-            for lab in labels
-            if lab != "gevent"
+            f"{ratio(gevent_get, got[lab]):.2f}x {lab}" for lab in labels if lab != "gevent"
         )
         lines.append(
-            f"Worker class: gevent serves DRF GET at {rel} the rate of the other classes; the "
-            f"fastest here is {best}. DESIGN.md expects gevent to be about 1.35x gthread/1 and "
-            "1.9x gthread/4."
+            f"Worker class, DRF GET ops/s: gevent = {rel}; the fastest here is {best}. "
+            "DESIGN.md's anchors (plain Django, wrk): gevent = 1.35x gthread/1 and 1.9x gthread/4."
         )
         tails = ", ".join(
-            f"{lab} {fmt((find(rows, 'workers', 'GET', lab) or gevent_get).p99_ms, '.1f')} ms"
+            f"{lab} p50 {got[lab].p50_ms:.2f} / mean {got[lab].mean_ms:.2f} / "
+            f"p99 {got[lab].p99_ms:.1f} ms"
             for lab in labels
         )
-        lines.append(f"DRF GET p99 by worker class: {tails}.")
+        lines.append(f"DRF GET latency by worker class: {tails}.")
     return lines
 
 
@@ -802,6 +841,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--pin", action="store_true", help="pin the node to CPU 0 and the load processes to CPU 1"
     )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each row, wait up to this many seconds while other processes "
+        f"use more than {NOISY_PCT:g}%% of a core (10)",
+    )
+    p.add_argument(
+        "--quiet-wait-total",
+        type=float,
+        default=None,
+        help="most seconds of such waiting in the whole run (45; --quick: 10)",
+    )
     p.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
     p.add_argument("--redis-host", default="127.0.0.1")
     p.add_argument("--redis-port", type=int, default=6379)
@@ -812,6 +864,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.duration = a.duration if a.duration is not None else (1.0 if a.quick else 5.0)
     a.warmup = a.warmup if a.warmup is not None else (0.3 if a.quick else 1.0)
     a.keys = a.keys if a.keys is not None else (2000 if a.quick else 10_000)
+    if a.quiet_wait_total is None:
+        a.quiet_wait_total = 10.0 if a.quick else 45.0
     if a.redis_host not in ("127.0.0.1", "localhost", "::1"):
         p.error("--redis-host: loopback only")
     if min(a.procs, a.conns, a.rounds) < 1 or a.duration <= 0 or a.warmup < 0:

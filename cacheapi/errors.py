@@ -135,6 +135,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is not None:
         # The envelope is JSON even when the request asked for raw bytes (Accept: octet-stream).
         response.content_type = "application/json"
+        view = context.get("view")
+        if isinstance(exc, drf.MethodNotAllowed) and view is not None:
+            response["Allow"] = ", ".join(view.allowed_methods)
     return response
 
 

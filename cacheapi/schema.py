@@ -27,7 +27,6 @@ from rest_framework import serializers
 
 JSON = "application/json"
 OCTET = "application/octet-stream"
-HEADER, PATH, QUERY = OpenApiParameter.HEADER, OpenApiParameter.PATH, OpenApiParameter.QUERY
 API_KEY, CLUSTER_SECRET = "ApiKeyAuth", "ClusterSecret"
 
 
@@ -250,7 +249,8 @@ class HealthSerializer(serializers.Serializer):
 ERRORS = {
     400: "`bad_json`, `invalid_key`, `invalid_ttl`, `invalid_value` or `invalid_request`.",
     401: "`unauthorized`: no API key, or an unknown or revoked one.",
-    403: "`forbidden`: the API key lacks the scope this call needs.",
+    403: "`forbidden`: the API key lacks the scope this call needs (or a client sent the "
+    "peers-only `X-Forwarded-Hops`).",
     404: "`not_found`: no such key, or it has expired.",
     406: "`not_acceptable`: `Accept` names neither JSON nor octet-stream.",
     409: "`not_integer`: the value is not an integer, or the result leaves the 64-bit range.",
@@ -287,7 +287,9 @@ def bodiless(*statuses: int) -> dict[int, OpenApiResponse]:
 
 
 def response_header(name: str, description: str, *statuses: int) -> OpenApiParameter:
-    return OpenApiParameter(name, str, HEADER, description=description, response=list(statuses))
+    return OpenApiParameter(
+        name, str, OpenApiParameter.HEADER, description=description, response=list(statuses)
+    )
 
 
 ETAG = response_header("ETag", 'The write version, quoted: `"ms-counter-node"`.', 200)
@@ -299,26 +301,30 @@ AUTH_HEADERS = [WWW_AUTHENTICATE, RETRY_AFTER]
 
 # The renderers have formats, but FastNegotiation reads only Accept: no ?format= override.
 NO_FORMAT = OpenApiParameter("format", exclude=True)
-KEY_PATH = OpenApiParameter("key", str, PATH, description=f"The key; {_KEY} It may contain `/`.")
-KEY_QUERY = OpenApiParameter("key", str, QUERY, required=True, description=f"The key; {_KEY}")
+KEY_PATH = OpenApiParameter(
+    "key", str, OpenApiParameter.PATH, description=f"The key; {_KEY} It may contain `/`."
+)
+KEY_QUERY = OpenApiParameter(
+    "key", str, OpenApiParameter.QUERY, required=True, description=f"The key; {_KEY}"
+)
 IF_MATCH = OpenApiParameter(
     "If-Match",
     str,
-    HEADER,
+    OpenApiParameter.HEADER,
     description='Compare-and-set: write only if the key\'s version is this ETag (`"..."`), or, '
     "with `*`, only if the key exists. Otherwise 412.",
 )
 IF_NONE_MATCH = OpenApiParameter(
     "If-None-Match",
     str,
-    HEADER,
+    OpenApiParameter.HEADER,
     enum=["*"],
     description="`*`: add; write only if the key does not exist. Otherwise 412.",
 )
 TTL_QUERY = OpenApiParameter(
     "ttl",
     str,
-    QUERY,
+    OpenApiParameter.QUERY,
     description="With an `application/octet-stream` body only: seconds until the key expires, "
     "or `null` for never; absent = the configured default TTL.",
 )
@@ -544,7 +550,7 @@ class StatsViewSetSchema(OpenApiViewExtension):
         scope = OpenApiParameter(
             "scope",
             str,
-            QUERY,
+            OpenApiParameter.QUERY,
             enum=["node", "cluster"],
             default="node",
             description="`node`: this node only; `cluster`: summed over all nodes.",
