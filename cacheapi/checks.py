@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.core import checks
@@ -33,3 +34,24 @@ def check_single_worker(app_configs: Any = None, **kwargs: Any) -> list[checks.C
             )
         )
     return found
+
+
+DEV_SECRET_PREFIX = "dev-insecure-"
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_cluster_secret(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from django.conf import settings
+
+    if os.environ.get("CACHE_SECRET") or (getattr(settings, "CACHE_CLUSTER", {}) or {}).get("SECRET"):
+        return []
+    if settings.SECRET_KEY.startswith(DEV_SECRET_PREFIX):
+        return [
+            checks.Warning(
+                "The cluster secret is derived from the development SECRET_KEY, so anyone who "
+                "reads this repository can forge node-to-node calls.",
+                hint="Set DJANGO_SECRET_KEY, or CACHE_SECRET, to a long random value on every node.",
+                id="cacheapi.W001",
+            )
+        ]
+    return []

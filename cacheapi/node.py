@@ -43,6 +43,7 @@ def _build() -> dict[str, Any]:
         timeout=s.FORWARD_TIMEOUT,
         clock_now=store.clock,
         ring_version=lambda: membership.ring.version,
+        ca_certs=s.CA_BUNDLE or None,
     )
     from cacheapi import metrics
 

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "SECRET": ("", "Cluster secret for node-to-node calls (default: derived from SECRET_KEY)."),
     "AUTH_CACHE_SECONDS": (5.0, "How long a verified API key is trusted without the database."),
     "FORWARD_TIMEOUT": (2.0, "Seconds a coordinator waits for another node."),
+    "CA_BUNDLE": ("", "CA bundle that nodes verify each other's TLS certificates against."),
     "RING_RELOAD_INTERVAL": (1.0, "Seconds between checks of the registry's ring version."),
     "WORKER_CLASS": ("gevent", "gunicorn worker class of a node (gevent or gthread)."),
     "WORKERS": (1, "gunicorn workers; must be 1 (the store lives in the process)."),
