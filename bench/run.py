@@ -145,8 +145,9 @@ class Bench:
     def planned_seconds(self) -> float:
         a = self.args
         row = a.warmup + a.duration
-        node = 2 * (a.rounds * a.warmup + a.duration) + 2 * row  # GET/plain rounds, SET, batch
-        return node + 3 * row + 3 * len(WORKER_CLASSES) * row
+        interleaved = a.rounds * a.warmup + a.duration  # one item run in --rounds rounds
+        node = 2 * interleaved + 2 * row  # GET / plain GET interleaved, SET, batch
+        return node + 3 * row + 3 * len(WORKER_CLASSES) * interleaved
 
     # -- a node ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -227,15 +228,13 @@ class Bench:
             system = f"node ({node.label})"
             # DRF GET and its plain-Django ceiling alternate in rounds, so that a burst of other
             # work on the machine weighs on both sides of the ratio alike.
-            rounds: dict[str, list[LoadResult]] = {"get": [], "plain": []}
-            part = self.args.duration / self.args.rounds
-            for i in range(self.args.rounds):
-                for key, label in (("get", "GET"), ("plain", "plain GET")):
-                    suffix = f" {i + 1}/{self.args.rounds}" if self.args.rounds > 1 else ""
-                    rounds[key].append(
-                        self.load(f"node {label}{suffix}", t[key], node.cpu_seconds, part)
-                    )
-            measured = {key: LoadResult.merge(results) for key, results in rounds.items()}
+            get, plain = self.interleaved(
+                [
+                    ("node GET", t["get"], node.cpu_seconds),
+                    ("node plain GET", t["plain"], node.cpu_seconds),
+                ]
+            )
+            measured = {"get": get, "plain": plain}
             measured["set"] = self.load("node SET", t["set"], node.cpu_seconds)
             measured["batch"] = self.load(
                 f"node batch get {BATCH_KEYS}", t["batch"], node.cpu_seconds
@@ -314,17 +313,42 @@ class Bench:
             client.close()
 
     # -- worker classes --------------------------------------------------------------------
+    def interleaved(
+        self, plan: list[tuple[str, HttpTarget | RedisTarget, Callable[[], float]]]
+    ) -> list[LoadResult]:
+        """Run every (label, target, cpu probe) of ``plan`` in ``--rounds`` alternating rounds of
+        duration / rounds each and merge each item's rounds: a burst of other work on the
+        machine then weighs on all the compared items alike."""
+        rounds = self.args.rounds
+        part = self.args.duration / rounds
+        done: list[list[LoadResult]] = [[] for _ in plan]
+        for i in range(rounds):
+            for j, (label, target, cpu) in enumerate(plan):
+                suffix = f" {i + 1}/{rounds}" if rounds > 1 else ""
+                done[j].append(self.load(label + suffix, target, cpu, part))
+        return [LoadResult.merge(results) for results in done]
+
     def run_worker_section(self) -> None:
-        for worker_class, threads in WORKER_CLASSES:
-            with self.node(worker_class, threads) as (node, api_key):
+        """The three worker classes run at once (idle nodes cost no CPU) and take turns."""
+        scenarios = [
+            ("GET", "GET /api/v1/keys/{key}", "get"),
+            ("plain GET", "GET /bench/plain/{key}", "plain"),
+            (f"batch get {BATCH_KEYS}", "POST /api/v1/batch/get", "batch"),
+        ]
+        with contextlib.ExitStack() as stack:
+            started = [
+                stack.enter_context(self.node(worker_class, threads))
+                for worker_class, threads in WORKER_CLASSES
+            ]
+            plan = []
+            for node, api_key in started:
                 t = self.http_targets(node, api_key)
-                for name, request, key in [
-                    ("GET", "GET /api/v1/keys/{key}", "get"),
-                    ("plain GET", "GET /bench/plain/{key}", "plain"),
-                    (f"batch get {BATCH_KEYS}", "POST /api/v1/batch/get", "batch"),
-                ]:
-                    result = self.load(f"{node.label} {name}", t[key], node.cpu_seconds)
-                    self.rows.append(Row("workers", name, request, node.label, result))
+                for name, _, key in scenarios:
+                    plan.append((f"{node.label} {name}", t[key], node.cpu_seconds))
+            results = iter(self.interleaved(plan))
+            for node, _ in started:
+                for name, request, _ in scenarios:
+                    self.rows.append(Row("workers", name, request, node.label, next(results)))
 
     def run(self) -> None:
         a = self.args
@@ -523,9 +547,12 @@ def report(
         )
     )
     if a.rounds > 1:
+        first_worker_row = 1 + sum(1 for r in rows if r.section != "workers")
         w(
             f"Rows 1 and 3 alternate in {a.rounds} rounds of {a.duration / a.rounds:g} s each "
-            "(each with its own warm-up), merged."
+            f"(each with its own warm-up) and are merged; so do the worker-class rows "
+            f"({first_worker_row}-{len(rows)}), whose three nodes run side by side (idle while "
+            "another is measured) and take turns."
         )
     w("")
 
@@ -836,7 +863,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=2, help="load processes (2)")
     p.add_argument("--conns", type=int, default=4, help="connections per load process (4)")
     p.add_argument(
-        "--rounds", type=int, default=2, help="alternating rounds of DRF GET and plain GET (2)"
+        "--rounds",
+        type=int,
+        default=2,
+        help="compared rows (DRF / plain GET, worker classes) take turns in this many rounds "
+        "of duration / rounds seconds (2)",
     )
     p.add_argument(
         "--pin", action="store_true", help="pin the node to CPU 0 and the load processes to CPU 1"
@@ -852,7 +883,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quiet-wait-total",
         type=float,
         default=None,
-        help="most seconds of such waiting in the whole run (45; --quick: 10)",
+        help="most seconds of such waiting in the whole run (30; --quick: 10)",
     )
     p.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
     p.add_argument("--redis-host", default="127.0.0.1")
@@ -865,7 +896,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.warmup = a.warmup if a.warmup is not None else (0.3 if a.quick else 1.0)
     a.keys = a.keys if a.keys is not None else (2000 if a.quick else 10_000)
     if a.quiet_wait_total is None:
-        a.quiet_wait_total = 10.0 if a.quick else 45.0
+        a.quiet_wait_total = 10.0 if a.quick else 30.0
     if a.redis_host not in ("127.0.0.1", "localhost", "::1"):
         p.error("--redis-host: loopback only")
     if min(a.procs, a.conns, a.rounds) < 1 or a.duration <= 0 or a.warmup < 0:

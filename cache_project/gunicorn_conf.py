@@ -36,5 +36,7 @@ def on_starting(server):
 def nworkers_changed(server, new_value, old_value):
     # TTIN/TTOU would add workers (separate caches); keep exactly one.
     if new_value != 1:
-        server.log.error("a cache node runs exactly one worker; ignoring the change to %s", new_value)
+        server.log.error(
+            "a cache node runs exactly one worker; ignoring the change to %s", new_value
+        )
         server.num_workers = 1

@@ -1,6 +1,10 @@
 """Routes: the REST API under /api/v1/, the seed-compatible routes, health, metrics, schema,
 admin. Both spellings of a call reach the same viewset action."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
@@ -8,7 +12,10 @@ from drf_spectacular.views import SpectacularAPIView
 from cacheapi import views
 from cacheapi.settings import cluster_settings
 
-KEY_ACTIONS = {
+if TYPE_CHECKING:
+    from rest_framework.decorators import ViewSetAction  # stubs only
+
+KEY_ACTIONS: dict[str, str | ViewSetAction[Any]] = {
     "get": "retrieve",
     "put": "update",
     "patch": "partial_update",

@@ -59,7 +59,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         key_cache.clear()
 
-    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None) -> HttpResponse:
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None
+    ) -> HttpResponse:
         # Show the raw key on this one page only: it is not stored and never shown again.
         context = {
             **self.admin_site.each_context(request),

@@ -14,7 +14,7 @@ SUPPORTED_WORKERS = ("gevent", "gthread", "sync")
 
 @checks.register(checks.Tags.compatibility)
 def check_single_worker(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    found = []
+    found: list[checks.CheckMessage] = []
     if cluster_settings.WORKERS != 1:
         found.append(
             checks.Error(
@@ -43,14 +43,16 @@ DEV_SECRET_PREFIX = "dev-insecure-"
 def check_cluster_secret(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     from django.conf import settings
 
-    if os.environ.get("CACHE_SECRET") or (getattr(settings, "CACHE_CLUSTER", {}) or {}).get("SECRET"):
+    if os.environ.get("CACHE_SECRET") or (getattr(settings, "CACHE_CLUSTER", {}) or {}).get(
+        "SECRET"
+    ):
         return []
     if settings.SECRET_KEY.startswith(DEV_SECRET_PREFIX):
         return [
             checks.Warning(
                 "The cluster secret is derived from the development SECRET_KEY, so anyone who "
                 "reads this repository can forge node-to-node calls.",
-                hint="Set DJANGO_SECRET_KEY, or CACHE_SECRET, to a long random value on every node.",
+                hint="Set DJANGO_SECRET_KEY or CACHE_SECRET to a long random value on every node.",
                 id="cacheapi.W001",
             )
         ]

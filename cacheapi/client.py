@@ -56,8 +56,13 @@ class Unavailable(CacheClientError):
 
 
 _BY_STATUS: dict[int, type[CacheClientError]] = {
-    400: InvalidRequest, 401: AuthenticationError, 403: PermissionDenied, 409: NotAnInteger,
-    413: InvalidRequest, 415: InvalidRequest, 503: Unavailable,
+    400: InvalidRequest,
+    401: AuthenticationError,
+    403: PermissionDenied,
+    409: NotAnInteger,
+    413: InvalidRequest,
+    415: InvalidRequest,
+    503: Unavailable,
 }
 
 
@@ -78,7 +83,10 @@ class CacheClient:
         self.seeds = [u.rstrip("/") for u in urls]
         self._headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
         self._http = urllib3.PoolManager(
-            num_pools=64, maxsize=pool_size, retries=False, ca_certs=ca_certs,
+            num_pools=64,
+            maxsize=pool_size,
+            retries=False,
+            ca_certs=ca_certs,
             timeout=urllib3.Timeout(total=timeout),
         )
         self._ring: Ring | None = None
@@ -116,15 +124,24 @@ class CacheClient:
             raise Unavailable("the ring has no live node")
         return node
 
-    def _request(self, method: str, key: str | None, path: str, body: Any = None,
-                 headers: Mapping[str, str] | None = None, node: RingNode | None = None,
-                 ok: tuple[int, ...] = (200,), missing: tuple[int, ...] = ()) -> Any:
+    def _request(
+        self,
+        method: str,
+        key: str | None,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        node: RingNode | None = None,
+        ok: tuple[int, ...] = (200,),
+        missing: tuple[int, ...] = (),
+    ) -> Any:
         """One call to the key's owner; on a dead node, refresh the ring and retry once."""
         for attempt in (0, 1):
             target = node if node is not None else self._owner(key or "")
             try:
                 response = self._http.request(
-                    method, target.url.rstrip("/") + path,
+                    method,
+                    target.url.rstrip("/") + path,
                     body=values.dumps(body) if body is not None else None,
                     headers={**self._headers, **(headers or {})},
                 )
@@ -167,14 +184,26 @@ class CacheClient:
 
     def add(self, key: str, value: Any, ttl: float | None = DEFAULT) -> bool:
         """Store only if absent; False if the key exists."""
-        response = self._request("PUT", key, _key_path(key), _body(value, ttl),
-                                 headers={"If-None-Match": "*"}, missing=(412,))
+        response = self._request(
+            "PUT",
+            key,
+            _key_path(key),
+            _body(value, ttl),
+            headers={"If-None-Match": "*"},
+            missing=(412,),
+        )
         return response is not None
 
     def cas(self, key: str, value: Any, version: str, ttl: float | None = DEFAULT) -> bool:
         """Replace only if the key still has ``version`` (from ``set`` or ``gets``)."""
-        response = self._request("PUT", key, _key_path(key), _body(value, ttl),
-                                 headers={"If-Match": f'"{version}"'}, missing=(412,))
+        response = self._request(
+            "PUT",
+            key,
+            _key_path(key),
+            _body(value, ttl),
+            headers={"If-Match": f'"{version}"'},
+            missing=(412,),
+        )
         return response is not None
 
     def gets(self, key: str) -> tuple[Any, str] | None:
@@ -193,8 +222,9 @@ class CacheClient:
 
     def incr(self, key: str, delta: int = 1) -> int | None:
         """The new value, or None if the key is missing."""
-        response = self._request("POST", key, _key_path(key) + "/incr", {"delta": delta},
-                                 missing=(404,))
+        response = self._request(
+            "POST", key, _key_path(key) + "/incr", {"delta": delta}, missing=(404,)
+        )
         return None if response is None else values.loads(response.data)["value"]
 
     def decr(self, key: str, delta: int = 1) -> int | None:
@@ -209,8 +239,10 @@ class CacheClient:
             return [call(nodes[0], next(iter(groups.values())))]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cache-client")
-        futures = [self._pool.submit(call, node, group)
-                   for node, group in zip(nodes, groups.values(), strict=True)]
+        futures = [
+            self._pool.submit(call, node, group)
+            for node, group in zip(nodes, groups.values(), strict=True)
+        ]
         return [f.result() for f in futures]
 
     def _batch(self, node: RingNode, path: str, body: Any) -> Any:
@@ -221,8 +253,9 @@ class CacheClient:
         """Found keys only (as Django's cache does); keys whose owner failed raise Unavailable."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, Any] = {}
-        for part in self._per_owner(keys, lambda n, g: self._batch(
-                n, "/api/v1/batch/get", {"keys": g})):
+        for part in self._per_owner(
+            keys, lambda n, g: self._batch(n, "/api/v1/batch/get", {"keys": g})
+        ):
             if part["failed"]:
                 raise Unavailable(f"{len(part['failed'])} keys failed", code="failed")
             found.update(part["values"])
@@ -242,8 +275,10 @@ class CacheClient:
         return sum(p["stored"] for p in parts)
 
     def delete_many(self, keys: Iterable[str]) -> int:
-        parts = self._per_owner(list(dict.fromkeys(keys)), lambda n, g: self._batch(
-            n, "/api/v1/batch/delete", {"keys": g}))
+        parts = self._per_owner(
+            list(dict.fromkeys(keys)),
+            lambda n, g: self._batch(n, "/api/v1/batch/delete", {"keys": g}),
+        )
         return sum(p["deleted"] for p in parts)
 
     # -- the cluster --------------------------------------------------------------------------

@@ -153,9 +153,7 @@ def _envelope(exc: Exception) -> Response | None:
     if isinstance(exc, DjangoPermissionDenied):
         return Response(error_body("forbidden", "Permission denied."), status=403)
     if isinstance(exc, drf.APIException):
-        code = next(
-            (c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), exc.default_code
-        )
+        code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), exc.default_code)
         headers: dict[str, str] = {}
         auth_header = getattr(exc, "auth_header", None)
         if auth_header:
@@ -163,7 +161,9 @@ def _envelope(exc: Exception) -> Response | None:
         wait = getattr(exc, "wait", None)
         if wait is not None:
             headers["Retry-After"] = str(int(wait))
-        return Response(error_body(code, _drf_message(exc)), status=exc.status_code, headers=headers)
+        return Response(
+            error_body(code, _drf_message(exc)), status=exc.status_code, headers=headers
+        )
     return None
 
 

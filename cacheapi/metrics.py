@@ -140,10 +140,12 @@ class CacheCollector(Collector):
         hist = HistogramMetricFamily(
             "cache_operation_seconds", "Latency of API operations.", labels=["op"]
         )
-        errors = CounterMetricFamily("cache_operation_errors", "Operations answered 4xx/5xx.",
-                                     labels=["op"])
-        forwards = CounterMetricFamily("cache_forwards", "Calls forwarded to other nodes.",
-                                       labels=["op", "node"])
+        errors = CounterMetricFamily(
+            "cache_operation_errors", "Operations answered 4xx/5xx.", labels=["op"]
+        )
+        forwards = CounterMetricFamily(
+            "cache_forwards", "Calls forwarded to other nodes.", labels=["op", "node"]
+        )
         with recorder._lock:
             for op, s in sorted(recorder.ops.items()):
                 cumulative, running = [], 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import IO, Any
 
 from rest_framework.parsers import BaseParser
@@ -10,7 +11,7 @@ from cacheapi import errors, values
 from cacheapi.settings import cluster_settings
 
 
-def read_capped(stream: IO[bytes], parser_context: dict[str, Any] | None) -> bytes:
+def read_capped(stream: IO[bytes], parser_context: Mapping[str, Any] | None) -> bytes:
     """Read the body, refusing one larger than MAX_REQUEST_BYTES before buffering it all."""
     limit = cluster_settings.MAX_REQUEST_BYTES
     request = (parser_context or {}).get("request")
@@ -30,7 +31,7 @@ class StrictJSONParser(BaseParser):
         self,
         stream: IO[bytes],
         media_type: str | None = None,
-        parser_context: dict[str, Any] | None = None,
+        parser_context: Mapping[str, Any] | None = None,
     ) -> Any:
         data = read_capped(stream, parser_context)
         try:
@@ -44,10 +45,12 @@ class OctetStreamParser(BaseParser):
 
     media_type = "application/octet-stream"
 
-    def parse(
+    # The stubs allow only Mapping | DataAndFiles, but DRF hands request.data through unchanged,
+    # and KeyViewSet relies on getting the raw bytes.
+    def parse(  # type: ignore[override]
         self,
         stream: IO[bytes],
         media_type: str | None = None,
-        parser_context: dict[str, Any] | None = None,
+        parser_context: Mapping[str, Any] | None = None,
     ) -> bytes:
         return read_capped(stream, parser_context)

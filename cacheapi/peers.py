@@ -122,8 +122,15 @@ class PeerClient:
             version=_etag_version(response.headers.get("ETag", "")),
         )
 
-    def set(self, node: Any, key: str, value: bytes, binary: bool, ttl: float | None,
-            condition: dict[str, str] | None = None) -> Version | None:
+    def set(
+        self,
+        node: Any,
+        key: str,
+        value: bytes,
+        binary: bool,
+        ttl: float | None,
+        condition: dict[str, str] | None = None,
+    ) -> Version | None:
         body = {"value": values.to_wire(value, binary), "ttl": ttl}
         response = self.request(node, "PUT", _key_path(key), body, headers=condition)
         if response.status == 412:

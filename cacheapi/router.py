@@ -217,8 +217,11 @@ class Router:
         def there(peers: PeerClient, node: RingNode, group: list[str]) -> int:
             body = {
                 "items": [
-                    {"key": k, "value": values.to_wire(by_key[k][1], by_key[k][2]),
-                     "ttl": by_key[k][3]}
+                    {
+                        "key": k,
+                        "value": values.to_wire(by_key[k][1], by_key[k][2]),
+                        "ttl": by_key[k][3],
+                    }
                     for k in group
                 ]
             }

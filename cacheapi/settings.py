@@ -85,7 +85,9 @@ class ClusterSettings:
         configured = getattr(settings, "CACHE_CLUSTER", {}) or {}
         value = configured.get(name, default)
         if name == "SECRET" and not value:
-            value = hashlib.sha256(b"cache-cluster-secret:" + settings.SECRET_KEY.encode()).hexdigest()
+            value = hashlib.sha256(
+                b"cache-cluster-secret:" + settings.SECRET_KEY.encode()
+            ).hexdigest()
         return value
 
     def reload(self) -> None:

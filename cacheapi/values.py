@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from typing import Any
 
 import orjson
@@ -37,8 +38,23 @@ def _finite_float(text: str) -> float:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
+# 19+ digits in a row may be an integer beyond 64 bits, which orjson would turn into a float.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def loads(data: bytes | str) -> Any:
-    """Parse strict JSON exactly (integers of any size stay integers, unlike orjson)."""
+    """Parse strict JSON exactly: orjson when the text holds no long digit run, else json
+    (which keeps integers of any size; orjson would round them to floats)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(str(exc)) from exc
+    return _exact_loads(data)
+
+
+def _exact_loads(data: bytes | str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         value, end = _decoder.raw_decode(text.strip())

@@ -19,7 +19,7 @@ from cacheapi import errors, node, validation, values
 from cacheapi.metrics import recorder
 from cacheapi.parsers import OctetStreamParser, StrictJSONParser
 from cacheapi.peers import HOPS_HEADER, RING_HEADER
-from cacheapi.renderers import ORJSONRenderer, OctetStreamRenderer
+from cacheapi.renderers import OctetStreamRenderer, ORJSONRenderer
 from cacheapi.store import Entry
 from cacheapi.versions import format_version, parse_version
 
@@ -43,7 +43,9 @@ class NodeViewSet(viewsets.ViewSet):
         response = super().dispatch(request, *args, **kwargs)
         op = getattr(self, "action", None) or (request.method or "").lower()
         status = response.status_code
-        recorder.observe(op, time.perf_counter() - started, status >= 400 and status not in _NOT_ERRORS)
+        recorder.observe(
+            op, time.perf_counter() - started, status >= 400 and status not in _NOT_ERRORS
+        )
         response[RING_HEADER] = str(node.membership().ring.version)
         return response
 
@@ -84,7 +86,9 @@ def _parse_etag(header: str) -> Any:
     try:
         return parse_version(text)
     except ValueError as exc:
-        raise errors.PreconditionFailed(f"If-Match {header!r} is not a version this node made") from exc
+        raise errors.PreconditionFailed(
+            f"If-Match {header!r} is not a write version (an ETag from this cluster)"
+        ) from exc
 
 
 class KeyViewSet(NodeViewSet):
@@ -125,7 +129,11 @@ class KeyViewSet(NodeViewSet):
             return Response(status=200, headers=_entry_headers(entry, ttl))
         if request.accepted_media_type == OCTET:
             return Response(entry.value, headers=_entry_headers(entry, ttl), content_type=OCTET)
-        data = {"key": key, "value": values.to_wire(entry.value, entry.binary), "ttl": _round_ttl(ttl)}
+        data = {
+            "key": key,
+            "value": values.to_wire(entry.value, entry.binary),
+            "ttl": _round_ttl(ttl),
+        }
         return Response(data, headers=_entry_headers(entry, ttl))
 
     def update(self, request: Request, **kwargs: Any) -> Response:
@@ -142,7 +150,14 @@ class KeyViewSet(NodeViewSet):
             ttl = validation.ttl_from_body(body)
         router = node.router()
         local = self.internal
-        if request.META.get("HTTP_IF_NONE_MATCH", "").strip() == "*":
+        if_none_match = request.META.get("HTTP_IF_NONE_MATCH")
+        if if_none_match is not None and (
+            if_none_match.strip() != "*" or "HTTP_IF_MATCH" in request.META
+        ):
+            raise errors.InvalidRequest(
+                'If-None-Match supports only "*" (add), and not together with If-Match'
+            )
+        if if_none_match is not None:
             version = router.add(key, value, binary, ttl, local=local)
             if version is None:
                 raise errors.PreconditionFailed(f"key {key!r} already exists")
@@ -234,7 +249,7 @@ class SyncViewSet(NodeViewSet):
             try:
                 versions.append(parse_version(str(item["version"])))
             except (KeyError, ValueError) as exc:
-                raise errors.InvalidRequest(f"items[{index}] needs a valid \"version\"") from exc
+                raise errors.InvalidRequest(f'items[{index}] needs a valid "version"') from exc
         applied = node.store().set_many(
             (key, value, binary, ttl, version)
             for (key, value, binary, ttl), version in zip(items, versions, strict=True)
@@ -270,8 +285,19 @@ def node_stats() -> dict[str, Any]:
     return stats
 
 
-SUMMED = ("hits", "misses", "sets", "deletes", "evictions", "expirations", "items", "bytes",
-          "max_bytes", "max_items", "forwards")
+SUMMED = (
+    "hits",
+    "misses",
+    "sets",
+    "deletes",
+    "evictions",
+    "expirations",
+    "items",
+    "bytes",
+    "max_bytes",
+    "max_items",
+    "forwards",
+)
 
 
 def cluster_stats() -> dict[str, Any]:
@@ -284,7 +310,7 @@ def cluster_stats() -> dict[str, Any]:
             continue
         try:
             per_node[member.name] = router.peers.call(member, "GET", "/api/v1/stats")  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - a dead node is reported, not fatal
+        except Exception as exc:
             failed.append(member.name)
             per_node[member.name] = {"error": str(exc)}
     live = [s for s in per_node.values() if "error" not in s]
@@ -308,7 +334,7 @@ class FlushViewSet(NodeViewSet):
                 continue
             try:
                 flushed += router.peers.call(member, "POST", "/api/v1/flush")["flushed"]  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001 - listed in "failed"
+            except Exception:
                 failed.append(member.name)
         return Response({"flushed": flushed, "failed": failed})
 

@@ -21,8 +21,13 @@ class NodeAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     list_editable = ["weight"]
     search_fields = ["name", "url"]
-    readonly_fields = ["last_heartbeat", "consecutive_failures", "last_stats", "created_at",
-                       "updated_at"]
+    readonly_fields = [
+        "last_heartbeat",
+        "consecutive_failures",
+        "last_stats",
+        "created_at",
+        "updated_at",
+    ]
     actions = ["drain", "disable", "enable"]
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
@@ -30,7 +35,9 @@ class NodeAdmin(admin.ModelAdmin):
             kwargs["assume_scheme"] = "http"  # local clusters speak http unless TLS is set up
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
         extra_context = {**(extra_context or {}), "ring_version": RingVersion.current()}
         return super().changelist_view(request, extra_context)
 

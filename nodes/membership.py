@@ -75,7 +75,7 @@ class Membership:
     def _load_or_fallback(self) -> Ring:
         try:
             ring = self._loader()
-        except Exception:  # noqa: BLE001 - no registry yet: serve alone, retry in background
+        except Exception:
             log.exception("could not load the ring from the registry; serving as a standalone node")
             self.reload_errors += 1
             return self.standalone()
@@ -89,11 +89,14 @@ class Membership:
             if current is not None and version == current.version and current.nodes:
                 return False
             ring = self._loader()
-        except Exception:  # noqa: BLE001 - keep the last good ring
+        except Exception:
             self.reload_errors += 1
             # self._ring, not self.ring: the property would try the registry a second time.
-            log.warning("registry unreachable; keeping ring version %s",
-                        getattr(self._ring, "version", None), exc_info=True)
+            log.warning(
+                "registry unreachable; keeping ring version %s",
+                getattr(self._ring, "version", None),
+                exc_info=True,
+            )
             _close_broken_connection()
             return False
         if not ring.nodes:
@@ -103,8 +106,11 @@ class Membership:
             self._ring = ring
         if changed:
             self.reloads += 1
-            log.info("ring version %s: %s", ring.version,
-                     ", ".join(f"{n.name}={n.status}/{n.weight}" for n in ring.nodes))
+            log.info(
+                "ring version %s: %s",
+                ring.version,
+                ", ".join(f"{n.name}={n.status}/{n.weight}" for n in ring.nodes),
+            )
         return changed
 
     @property
@@ -139,5 +145,5 @@ class Membership:
 def _close_broken_connection() -> None:
     try:
         connection.close()
-    except Exception:  # noqa: BLE001 - already broken; the next query reconnects
+    except Exception:
         log.debug("closing a broken registry connection failed", exc_info=True)

@@ -8,8 +8,8 @@ heartbeat, failures, stats) does not bump it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Collection, Iterable
+from typing import Any, Self
 
 from django.core.validators import RegexValidator
 from django.db import models, transaction
@@ -99,20 +99,6 @@ class Node(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> Node:
-        instance = super().from_db(db, field_names, values)
-        instance._ring_state = instance._current_ring_state()
-        return instance
-
-    def _current_ring_state(self) -> tuple[Any, ...]:
-        # __dict__, not getattr: reading a deferred field would load it, and loading calls
-        # from_db again (infinite recursion under .only(), .defer(), refresh_from_db(fields=)).
-        return tuple(self.__dict__.get(f) for f in RING_FIELDS)
-
-    def ring_changed(self) -> bool:
-        return getattr(self, "_ring_state", None) != self._current_ring_state()
-
     def save(self, *args: Any, **kwargs: Any) -> None:
         with transaction.atomic():
             bump = self._state.adding or self.ring_changed()
@@ -127,6 +113,27 @@ class Node(models.Model):
             RingVersion.bump()
         return result
 
+    @classmethod
+    def from_db(
+        cls,
+        db: str | None,
+        field_names: Collection[str],
+        values: Collection[Any],
+        **kwargs: Any,
+    ) -> Self:
+        # **kwargs: newer Django adds keyword-only arguments (fetch_mode); pass them through.
+        instance = super().from_db(db, field_names, values, **kwargs)
+        instance._ring_state = instance._current_ring_state()
+        return instance
+
+    def _current_ring_state(self) -> tuple[Any, ...]:
+        # __dict__, not getattr: reading a deferred field would load it, and loading calls
+        # from_db again (infinite recursion under .only(), .defer(), refresh_from_db(fields=)).
+        return tuple(self.__dict__.get(f) for f in RING_FIELDS)
+
+    def ring_changed(self) -> bool:
+        return getattr(self, "_ring_state", None) != self._current_ring_state()
+
     def ring_node(self) -> RingNode:
         return RingNode(name=self.name, url=self.url, weight=self.weight, status=self.status)
 
@@ -134,7 +141,7 @@ class Node(models.Model):
     def register(cls, name: str, url: str) -> Node:
         """A starting node adds itself, or updates its row; a disabled node stays disabled."""
         with transaction.atomic():
-            node = cls.objects.select_for_update().filter(name=name).first()
+            node: Node | None = cls.objects.select_for_update().filter(name=name).first()
             if node is None:
                 node = cls(name=name, url=url, status=cls.Status.UP)
             else:

@@ -28,10 +28,11 @@ def postgres_available() -> bool:
     try:
         import psycopg
 
-        with psycopg.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres",
-                             connect_timeout=3):
+        with psycopg.connect(
+            host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres", connect_timeout=3
+        ):
             return True
-    except Exception:  # noqa: BLE001 - any failure means "not available here"
+    except Exception:
         return False
 
 
@@ -41,7 +42,13 @@ def postgres_database() -> Iterator[str]:
     import psycopg
 
     name = f"cache_test_{secrets.token_hex(4)}"
-    admin = dict(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres", autocommit=True)
+    admin = {
+        "host": PG_HOST,
+        "port": PG_PORT,
+        "user": "postgres",
+        "dbname": "postgres",
+        "autocommit": True,
+    }
     with psycopg.connect(**admin) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -96,7 +103,11 @@ class Cluster:
         """Run ORM code against the registry in a separate process, as an operator would."""
         out = subprocess.run(
             [sys.executable, "manage.py", "shell", "-c", code],
-            cwd=ROOT, env=self.registry.env, capture_output=True, text=True, timeout=60,
+            cwd=ROOT,
+            env=self.registry.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if out.returncode != 0:
             raise RuntimeError(out.stderr)

@@ -34,7 +34,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - polled again until the deadline
+        except Exception as exc:
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s (last error: {last_error})")
@@ -85,8 +85,16 @@ class NodeProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "runnode", "--name", self.name, "--port", str(self.port),
-             *extra],
+            [
+                sys.executable,
+                "manage.py",
+                "runnode",
+                "--name",
+                self.name,
+                "--port",
+                str(self.port),
+                *extra,
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=log,

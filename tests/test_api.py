@@ -1099,7 +1099,7 @@ BAD_REQUESTS = [
     ("put", "/api/v1/keys/k", b'{"value": {"b64": "!!!"}}', JSON, 400, "invalid_value"),
     ("put", "/api/v1/keys/k", b'{"value": {"b64": "AAE"}}', JSON, 400, "invalid_value"),
     ("put", "/api/v1/keys/k", b'{"value": {"b64": 12}}', JSON, 400, "invalid_value"),
-    ("put", "/api/v1/keys/k", b'{"value": "\\ud800"}', JSON, 400, "invalid_value"),
+    ("put", "/api/v1/keys/k", b'{"value": "\\ud800"}', JSON, 400, "bad_json"),
     ("post", "/api/v1/keys/n/incr", b'{"delta": "1"}', JSON, 400, "invalid_request"),
     ("post", "/api/v1/keys/n/incr", b'{"delta": 1.5}', JSON, 400, "invalid_request"),
     ("post", "/api/v1/keys/n/incr", b'{"delta": 1.0}', JSON, 400, "invalid_request"),
@@ -1138,7 +1138,7 @@ BAD_REQUESTS = [
     ("patch", "/api/v1/keys/a%20b", b'{"ttl": 5}', JSON, 400, "invalid_key"),
     ("post", "/api/v1/batch/get", b'{"keys": ["k", ""]}', JSON, 400, "invalid_key"),
     ("post", "/api/v1/batch/get", b'{"keys": [1]}', JSON, 400, "invalid_key"),
-    ("post", "/api/v1/batch/get", b'{"keys": ["\\ud800"]}', JSON, 400, "invalid_key"),
+    ("post", "/api/v1/batch/get", b'{"keys": ["\\ud800"]}', JSON, 400, "bad_json"),
     ("post", "/api/v1/batch/delete", b'{"keys": ["k", "a b"]}', JSON, 400, "invalid_key"),
     ("post", "/api/v1/batch/get", b'{"keys": ["a\\nb"]}', JSON, 400, "invalid_key"),
     ("post", "/set", b'{"key": "nl\\n", "value": 1}', JSON, 400, "invalid_key"),
@@ -1293,9 +1293,19 @@ def test_bad_input_on_an_octet_stream_get_is_still_json(api: Client) -> None:
     assert_error(r, 404, "not_found")
 
 
-def test_not_acceptable_is_406_json(api: Client) -> None:
+def test_an_accept_we_cannot_produce_gets_json(api: Client) -> None:
     seed("k", 1)
-    assert_error(api.get(url("k"), headers={"Accept": "text/html"}), 406, "not_acceptable")
+    r = api.get(url("k"), headers={"Accept": "text/html"})
+    assert r.status_code == 200
+    assert r["Content-Type"] == "application/json"
+    assert r.json()["value"] == 1
+    assert api.get("/health", headers={"Accept": "text/html"}).json()["status"] == "ok"
+
+
+def test_format_query_parameter_is_honoured_for_the_schema(api: Client) -> None:
+    r = api.get("/api/schema/?format=json")
+    assert r.status_code == 200
+    assert r.json()["openapi"].startswith("3.")
 
 
 def test_bad_hops_header_is_400(api: Client) -> None:
@@ -1333,3 +1343,13 @@ def test_request_body_over_the_limit_is_413(
         r = api.put(url("k"), b"\x00" * 100, content_type=OCTET)
     assert r.status_code == 200
     assert node.store().peek("k").value == b"\x00" * 100
+
+
+def test_if_none_match_other_than_star_is_refused_and_changes_nothing(api: Client) -> None:
+    seed("k", 1)
+    r = api.put(url("k"), {"value": 2}, content_type=JSON, headers={"If-None-Match": '"abc"'})
+    assert_error(r, 400, "invalid_request")
+    r = api.put(url("k"), {"value": 2}, content_type=JSON,
+                headers={"If-None-Match": "*", "If-Match": "*"})
+    assert_error(r, 400, "invalid_request")
+    assert api.get(url("k")).json()["value"] == 1

@@ -23,7 +23,7 @@ def test_more_than_one_worker_is_an_error():
     messages = check_single_worker()
     assert ids(messages) == ["cacheapi.E001"]
     assert "exactly one gunicorn worker" in messages[0].msg
-    with pytest.raises(SystemCheckError, match="cacheapi.E001"):
+    with pytest.raises(SystemCheckError, match=r"cacheapi\.E001"):
         call_command("check")
 
 

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("client")
-    cluster = Cluster(Registry(f"sqlite:///{log_dir / 'registry.sqlite3'}"), log_dir, 3,
-                      CACHE_FORWARD_TIMEOUT="1")
+    cluster = Cluster(
+        Registry(f"sqlite:///{log_dir / 'registry.sqlite3'}"), log_dir, 3, CACHE_FORWARD_TIMEOUT="1"
+    )
     try:
         yield cluster.start()
     finally:
@@ -64,7 +65,7 @@ def test_add_cas_touch_incr_delete(client):
     assert client.add("c:add", 2) is False
     assert client.get("c:add") == 1
 
-    value, version = client.gets("c:add")
+    _, version = client.gets("c:add")
     assert client.cas("c:add", 5, version) is True
     assert client.cas("c:add", 6, version) is False
     assert client.get("c:add") == 5
@@ -119,8 +120,9 @@ def test_typed_errors(cluster, client):
         client.set("c:ttl", 1, ttl=-5)
     with pytest.raises(AuthenticationError):
         CacheClient([cluster.nodes[0].url], api_key="nope.nope").get("x")
-    read_only = manage(cluster.registry.env, "createapikey", "--name", "ro", "--scopes", "read",
-                       "--quiet").strip()
+    read_only = manage(
+        cluster.registry.env, "createapikey", "--name", "ro", "--scopes", "read", "--quiet"
+    ).strip()
     ro = CacheClient([cluster.nodes[1].url], api_key=read_only)
     assert ro.get("c:text") == "abc"
     with pytest.raises(PermissionDenied):
@@ -130,9 +132,11 @@ def test_typed_errors(cluster, client):
 
 def test_client_follows_a_ring_change(cluster, client):
     old = client.ring.version
-    cluster.shell("from nodes.models import Node; n = Node.objects.get(name='n1'); "
-                  "n.weight = 2; n.save()")
+    cluster.shell(
+        "from nodes.models import Node; n = Node.objects.get(name='n1'); n.weight = 2; n.save()"
+    )
     try:
+
         def refreshed() -> bool:
             client.set("c:poke", 1)  # any answer carries X-Ring-Version
             return client.ring.version > old
@@ -140,8 +144,9 @@ def test_client_follows_a_ring_change(cluster, client):
         wait_for(refreshed, timeout=5)
         assert client.ring.node("n1").weight == 2
     finally:
-        cluster.shell("from nodes.models import Node; n = Node.objects.get(name='n1'); "
-                      "n.weight = 1; n.save()")
+        cluster.shell(
+            "from nodes.models import Node; n = Node.objects.get(name='n1'); n.weight = 1; n.save()"
+        )
 
 
 def test_seed_list_may_name_any_node_and_dead_seeds_are_skipped(cluster):

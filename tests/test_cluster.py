@@ -78,16 +78,18 @@ def test_a_batch_of_1000_keys_is_split_by_owner(cluster):
     entry = cluster.nodes[0]
     cluster.post(entry, "/api/v1/flush", {})
     keys = [f"batch-{i}" for i in range(1000)]
-    r = cluster.post(entry, "/api/v1/batch/set",
-                     {"items": [{"key": k, "value": i} for i, k in enumerate(keys)]})
+    r = cluster.post(
+        entry, "/api/v1/batch/set", {"items": [{"key": k, "value": i} for i, k in enumerate(keys)]}
+    )
     assert r.json() == {"stored": 1000, "failed": []}
     expected = {name: len(group) for name, group in ring.group_by_owner(keys).items()}
     assert sum(expected.values()) == 1000
     assert all(count > 200 for count in expected.values())
     assert {n.name: cluster.stats(n)["items"] for n in cluster.nodes} == expected
 
-    r = cluster.post(cluster.nodes[1], "/api/v1/batch/get",
-                     {"keys": [*keys[:999], "batch-missing"]})
+    r = cluster.post(
+        cluster.nodes[1], "/api/v1/batch/get", {"keys": [*keys[:999], "batch-missing"]}
+    )
     body = r.json()
     assert body["values"] == {k: i for i, k in enumerate(keys[:999])}
     assert body["missing"] == ["batch-missing"]
@@ -132,8 +134,9 @@ def test_cluster_stats_sum_every_node(cluster):
 def test_registry_changes_reach_every_node_within_3_seconds(cluster):
     version = cluster.ring(cluster.nodes[0])["version"]
     started = time.monotonic()
-    cluster.shell("from nodes.models import Node; n = Node.objects.get(name='n2'); "
-                  "n.weight = 3; n.save()")
+    cluster.shell(
+        "from nodes.models import Node; n = Node.objects.get(name='n2'); n.weight = 3; n.save()"
+    )
 
     def all_see(weight_of_n2: int, status_of_n3: str):
         def check():
@@ -143,6 +146,7 @@ def test_registry_changes_reach_every_node_within_3_seconds(cluster):
                 if nodes["n2"]["weight"] != weight_of_n2 or nodes["n3"]["status"] != status_of_n3:
                     return False
             return True
+
         return check
 
     wait_for(all_see(3, "up"), timeout=3.0)
@@ -150,15 +154,18 @@ def test_registry_changes_reach_every_node_within_3_seconds(cluster):
     assert cluster.ring(cluster.nodes[0])["version"] > version
 
     started = time.monotonic()
-    cluster.shell("from nodes.models import Node; Node.objects.filter(name='n3')"
-                  ".set_status('disabled')")
+    cluster.shell(
+        "from nodes.models import Node; Node.objects.filter(name='n3').set_status('disabled')"
+    )
     wait_for(all_see(3, "disabled"), timeout=3.0)
     # With n3 out of the ring, its keys now belong to n1/n2: nothing routes to n3.
     ring = ring_of(cluster)
     assert {ring.primary(f"k{i}").name for i in range(200)} == {"n1", "n2"}
 
-    cluster.shell("from nodes.models import Node; Node.objects.filter(name='n3')"
-                  ".set_status('up'); n = Node.objects.get(name='n2'); n.weight = 1; n.save()")
+    cluster.shell(
+        "from nodes.models import Node; Node.objects.filter(name='n3')"
+        ".set_status('up'); n = Node.objects.get(name='n2'); n.weight = 1; n.save()"
+    )
     wait_for(all_see(1, "up"), timeout=3.0)
 
 
@@ -171,8 +178,9 @@ def test_cluster_nodes_endpoint_lists_the_registry(cluster):
 
 @pytest.fixture
 def small_cluster(tmp_path):
-    cluster = Cluster(Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"), tmp_path, 3,
-                      CACHE_FORWARD_TIMEOUT="1")
+    cluster = Cluster(
+        Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"), tmp_path, 3, CACHE_FORWARD_TIMEOUT="1"
+    )
     try:
         yield cluster.start()
     finally:
@@ -183,8 +191,9 @@ def test_a_dead_owner_fails_only_its_keys(small_cluster):
     cluster = small_cluster
     ring = ring_of(cluster)
     keys = [f"d-{i}" for i in range(300)]
-    r = cluster.post(cluster.nodes[0], "/api/v1/batch/set",
-                     {"items": [{"key": k, "value": k} for k in keys]})
+    r = cluster.post(
+        cluster.nodes[0], "/api/v1/batch/set", {"items": [{"key": k, "value": k} for k in keys]}
+    )
     assert r.json()["stored"] == 300
     dead = cluster.node("n3")
     dead.kill()
@@ -201,8 +210,9 @@ def test_a_dead_owner_fails_only_its_keys(small_cluster):
     assert body["missing"] == []
     assert elapsed < 1.0 + 2.0  # the per-node timeout plus slack, not a hang
 
-    r = cluster.post(cluster.nodes[1], "/api/v1/batch/set",
-                     {"items": [{"key": k, "value": 0} for k in keys]})
+    r = cluster.post(
+        cluster.nodes[1], "/api/v1/batch/set", {"items": [{"key": k, "value": 0} for k in keys]}
+    )
     assert sorted(r.json()["failed"]) == sorted(dead_keys)
     assert r.json()["stored"] == 300 - len(dead_keys)
     # A single key owned by the dead node: 503 with the envelope, not a 500.

@@ -20,9 +20,23 @@ def test_readme_documents_every_setting_and_its_variable():
 
 
 def test_readme_lists_every_api_route():
-    for route in ["/api/v1/keys/{key}", "/api/v1/batch/get", "/api/v1/batch/set",
-                  "/api/v1/batch/delete", "/api/v1/stats", "/api/v1/flush",
-                  "/api/v1/cluster/ring", "/api/v1/cluster/nodes", "/health", "/metrics",
-                  "/api/schema/", "POST /set", "GET /get?key=", "DELETE /delete?key=",
-                  "POST /batch_get", "POST /batch_set", "POST /sync"]:
+    for route in [
+        "/api/v1/keys/{key}",
+        "/api/v1/batch/get",
+        "/api/v1/batch/set",
+        "/api/v1/batch/delete",
+        "/api/v1/stats",
+        "/api/v1/flush",
+        "/api/v1/cluster/ring",
+        "/api/v1/cluster/nodes",
+        "/health",
+        "/metrics",
+        "/api/schema/",
+        "POST /set",
+        "GET /get?key=",
+        "DELETE /delete?key=",
+        "POST /batch_get",
+        "POST /batch_set",
+        "POST /sync",
+    ]:
         assert route in README, route

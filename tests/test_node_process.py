@@ -46,15 +46,19 @@ def test_node_serves_the_api_over_http(node_process, registry):
     assert s.post(f"{base}/api/v1/keys/hits/incr").json()["value"] == 42
 
     blob = bytes(range(256))
-    r = s.put(f"{base}/api/v1/keys/blob", data=blob,
-              headers={"Content-Type": "application/octet-stream"})
+    r = s.put(
+        f"{base}/api/v1/keys/blob", data=blob, headers={"Content-Type": "application/octet-stream"}
+    )
     assert r.status_code == 200
     r = s.get(f"{base}/api/v1/keys/blob", headers={"Accept": "application/octet-stream"})
     assert r.content == blob
 
     r = s.post(f"{base}/batch_get", json={"keys": ["greeting", "hits", "nope"]})
-    assert r.json() == {"values": {"greeting": {"hello": "world"}, "hits": 42},
-                        "missing": ["nope"], "failed": []}
+    assert r.json() == {
+        "values": {"greeting": {"hello": "world"}, "hits": 42},
+        "missing": ["nope"],
+        "failed": [],
+    }
 
     assert s.get(f"{base}/api/v1/keys/nope").status_code == 404
     r = requests.get(f"{base}/api/v1/keys/greeting")  # no key
@@ -73,7 +77,11 @@ def test_node_serves_the_api_over_http(node_process, registry):
 def test_runnode_refuses_more_than_one_worker(registry):
     out = subprocess.run(
         [sys.executable, "manage.py", "runnode", "--name", "x", "--port", "1", "--workers", "2"],
-        cwd=ROOT, env=registry.env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=registry.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode != 0
     assert "exactly one worker" in out.stderr

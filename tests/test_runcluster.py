@@ -20,13 +20,20 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_runcluster_starts_three_nodes_and_stops_every_child(tmp_path, stop_signal):
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'registry.sqlite3'}",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'registry.sqlite3'}",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("DJANGO_SETTINGS_MODULE", None)
     base = free_port()
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "runcluster", "--nodes", "3", "--base-port", str(base)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
 
@@ -47,19 +54,29 @@ def test_runcluster_starts_three_nodes_and_stops_every_child(tmp_path, stop_sign
 
         ring = requests.get(f"{urls[0]}/api/v1/cluster/ring", headers={"X-API-Key": key}).json()
         assert sorted(n["url"] for n in ring["nodes"]) == sorted(urls)
-        r = requests.put(f"{urls[1]}/api/v1/keys/hello", json={"value": "world"},
-                         headers={"X-API-Key": key})
+        r = requests.put(
+            f"{urls[1]}/api/v1/keys/hello", json={"value": "world"}, headers={"X-API-Key": key}
+        )
         assert r.status_code == 200
-        assert requests.get(f"{urls[2]}/api/v1/keys/hello",
-                            headers={"X-API-Key": key}).json()["value"] == "world"
+        assert (
+            requests.get(f"{urls[2]}/api/v1/keys/hello", headers={"X-API-Key": key}).json()["value"]
+            == "world"
+        )
 
         # The admin login printed once works.
         s = requests.Session()
         login = s.get(f"{admin.group(1)}login/")
         token = s.cookies["csrftoken"]
-        r = s.post(f"{admin.group(1)}login/", data={
-            "username": "admin", "password": admin.group(2), "csrfmiddlewaretoken": token,
-            "next": "/admin/"}, headers={"Referer": login.url})
+        r = s.post(
+            f"{admin.group(1)}login/",
+            data={
+                "username": "admin",
+                "password": admin.group(2),
+                "csrfmiddlewaretoken": token,
+                "next": "/admin/",
+            },
+            headers={"Referer": login.url},
+        )
         assert "Log out" in r.text or "logout" in r.text
 
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -68,6 +85,6 @@ def test_runcluster_starts_three_nodes_and_stops_every_child(tmp_path, stop_sign
         proc.send_signal(stop_signal)
         proc.wait(timeout=60)
         reader.join(timeout=10)
-    gone, alive = psutil.wait_procs(children, timeout=20)
+    _, alive = psutil.wait_procs(children, timeout=20)
     assert alive == []
     assert "cluster stopped" in "".join(lines)

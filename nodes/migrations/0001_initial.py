@@ -5,40 +5,78 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Node',
+            name="Node",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64, unique=True, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9][A-Za-z0-9_.-]*$', 'letters, digits, _ . -')])),
-                ('url', models.URLField(help_text='How clients and peers reach the node.')),
-                ('status', models.CharField(choices=[('joining', 'joining'), ('up', 'up'), ('draining', 'draining'), ('down', 'down'), ('disabled', 'disabled')], default='up', max_length=10)),
-                ('weight', models.PositiveIntegerField(default=1, help_text='Share of the ring relative to other nodes (0 = owns nothing).')),
-                ('last_heartbeat', models.DateTimeField(blank=True, null=True)),
-                ('consecutive_failures', models.PositiveIntegerField(default=0)),
-                ('last_stats', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(
+                        max_length=64,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[A-Za-z0-9][A-Za-z0-9_.-]*$", "letters, digits, _ . -"
+                            )
+                        ],
+                    ),
+                ),
+                ("url", models.URLField(help_text="How clients and peers reach the node.")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("joining", "joining"),
+                            ("up", "up"),
+                            ("draining", "draining"),
+                            ("down", "down"),
+                            ("disabled", "disabled"),
+                        ],
+                        default="up",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "weight",
+                    models.PositiveIntegerField(
+                        default=1,
+                        help_text="Share of the ring relative to other nodes (0 = owns nothing).",
+                    ),
+                ),
+                ("last_heartbeat", models.DateTimeField(blank=True, null=True)),
+                ("consecutive_failures", models.PositiveIntegerField(default=0)),
+                ("last_stats", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='RingVersion',
+            name="RingVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.BigIntegerField(default=0)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.BigIntegerField(default=0)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'ring version',
+                "verbose_name": "ring version",
             },
         ),
     ]

@@ -14,7 +14,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--name", required=True)
-        parser.add_argument("--scopes", default="read,write", help="comma-separated: read,write,admin")
+        parser.add_argument(
+            "--scopes", default="read,write", help="comma-separated: read,write,admin"
+        )
         parser.add_argument("--quiet", action="store_true", help="print only the key")
 
     def handle(self, *args: Any, **options: Any) -> None:

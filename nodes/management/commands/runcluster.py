@@ -7,6 +7,7 @@ child; children also get SIGTERM if this process dies (PR_SET_PDEATHSIG), so non
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
@@ -29,10 +30,8 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the parent exits (Linux)."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def port_free(host: str, port: int) -> bool:
@@ -71,7 +70,10 @@ class Command(BaseCommand):
         password = self._admin_login(options["admin_user"])
         api_key = self._api_key()
         ports = consecutive_free_ports(host, options["base_port"], count)
-        env = {**os.environ, "CACHE_SECRET": os.environ.get("CACHE_SECRET") or secrets.token_hex(32)}
+        env = {
+            **os.environ,
+            "CACHE_SECRET": os.environ.get("CACHE_SECRET") or secrets.token_hex(32),
+        }
         if options["replicas"]:
             env["CACHE_REPLICAS"] = str(options["replicas"])
         self._forget_other_nodes([f"n{i + 1}" for i in range(count)])
@@ -92,10 +94,14 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"cluster of {count} nodes is up:"))
             for i, url in enumerate(urls):
                 self.stdout.write(f"  n{i + 1}  {url}")
-            self.stdout.write(f"admin:    {urls[0]}/admin/  (user {options['admin_user']!r}, "
-                              f"password {password!r})")
+            self.stdout.write(
+                f"admin:    {urls[0]}/admin/  (user {options['admin_user']!r}, "
+                f"password {password!r})"
+            )
             self.stdout.write(f"API key:  {api_key}   (shown once; read,write,admin)")
-            self.stdout.write(f"try:      curl -H 'X-API-Key: {api_key}' {urls[0]}/api/v1/cluster/ring")
+            self.stdout.write(
+                f"try:      curl -H 'X-API-Key: {api_key}' {urls[0]}/api/v1/cluster/ring"
+            )
             self.stdout.write("Ctrl-C stops the cluster.")
             self.stdout.flush()
             while not stopping:
@@ -109,11 +115,23 @@ class Command(BaseCommand):
             self._stop_all(children)
             self.stdout.write("cluster stopped")
 
-    def _spawn(self, name: str, host: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "manage.py", "runnode", "--name", name, "--host", host,
-                "--port", str(port)]
-        return subprocess.Popen(argv, cwd=Path(settings.BASE_DIR), env=env,
-                                preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl
+    def _spawn(
+        self, name: str, host: str, port: int, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        argv = [
+            sys.executable,
+            "manage.py",
+            "runnode",
+            "--name",
+            name,
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+        return subprocess.Popen(
+            argv, cwd=Path(settings.BASE_DIR), env=env, preexec_fn=_die_with_parent
+        )
 
     def _wait_healthy(self, urls: list[str], children: list[subprocess.Popen[bytes]]) -> None:
         http = urllib3.PoolManager(retries=False, timeout=1.0)
