@@ -1349,7 +1349,8 @@ def test_if_none_match_other_than_star_is_refused_and_changes_nothing(api: Clien
     seed("k", 1)
     r = api.put(url("k"), {"value": 2}, content_type=JSON, headers={"If-None-Match": '"abc"'})
     assert_error(r, 400, "invalid_request")
-    r = api.put(url("k"), {"value": 2}, content_type=JSON,
-                headers={"If-None-Match": "*", "If-Match": "*"})
+    r = api.put(
+        url("k"), {"value": 2}, content_type=JSON, headers={"If-None-Match": "*", "If-Match": "*"}
+    )
     assert_error(r, 400, "invalid_request")
     assert api.get(url("k")).json()["value"] == 1
