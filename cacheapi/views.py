@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from rest_framework import viewsets
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -24,6 +24,7 @@ from cacheapi.store import Entry
 from cacheapi.versions import format_version, parse_version
 
 OCTET = "application/octet-stream"
+JSON = "application/json"
 _NOT_ERRORS = {404, 412}
 
 
@@ -77,6 +78,17 @@ def _entry_headers(entry: Entry, ttl: float | None) -> dict[str, str]:
     }
 
 
+def rendered(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> HttpResponse:
+    """A JSON answer rendered here, for the hot paths.
+
+    DRF's ``Response`` is a template response that renders after the view returns; building
+    and rendering it costs about as much as the whole store lookup. The bytes are the same
+    ``values.dumps`` the renderer would produce."""
+    return HttpResponse(values.dumps(data), status=status, headers=headers, content_type=JSON)
+
+
 def _round_ttl(ttl: float | None) -> float | None:
     return None if ttl is None else round(ttl, 3)
 
@@ -126,15 +138,15 @@ class KeyViewSet(NodeViewSet):
         if entry is None or (ttl is not None and ttl <= 0):
             raise errors.NotFound(f"no key {key!r}")
         if request.method == "HEAD":
-            return Response(status=200, headers=_entry_headers(entry, ttl))
+            return HttpResponse(status=200, headers=_entry_headers(entry, ttl))
         if request.accepted_media_type == OCTET:
-            return Response(entry.value, headers=_entry_headers(entry, ttl), content_type=OCTET)
+            return HttpResponse(entry.value, headers=_entry_headers(entry, ttl), content_type=OCTET)
         data = {
             "key": key,
             "value": values.to_wire(entry.value, entry.binary),
             "ttl": _round_ttl(ttl),
         }
-        return Response(data, headers=_entry_headers(entry, ttl))
+        return rendered(data, headers=_entry_headers(entry, ttl))
 
     def update(self, request: Request, **kwargs: Any) -> Response:
         key = self._key()
@@ -166,7 +178,7 @@ class KeyViewSet(NodeViewSet):
         else:
             version = router.set(key, value, binary, ttl, local=local)
         tag = format_version(version)
-        return Response({"key": key, "version": tag}, headers={"ETag": f'"{tag}"'})
+        return rendered({"key": key, "version": tag}, headers={"ETag": f'"{tag}"'})
 
     def _compare_and_set(
         self, key: str, value: bytes, binary: bool, ttl: float | None, if_match: str
@@ -198,7 +210,7 @@ class KeyViewSet(NodeViewSet):
         key = self._key()
         if not node.router().delete(key, local=self.internal):
             raise errors.NotFound(f"no key {key!r}")
-        return Response(status=204)
+        return HttpResponse(status=204)
 
     def incr(self, request: Request, **kwargs: Any) -> Response:
         key = self._key()
@@ -208,7 +220,7 @@ class KeyViewSet(NodeViewSet):
             raise errors.NotFound(f"no key {key!r}")
         value, version = result
         tag = format_version(version)
-        return Response({"key": key, "value": value}, headers={"ETag": f'"{tag}"'})
+        return rendered({"key": key, "value": value}, headers={"ETag": f'"{tag}"'})
 
 
 class BatchViewSet(NodeViewSet):
@@ -219,19 +231,19 @@ class BatchViewSet(NodeViewSet):
     def get_many(self, request: Request) -> Response:
         keys = validation.key_list(self.body())
         result = node.router().get_many(keys, local=self.internal)
-        return Response(
+        return rendered(
             {"values": result.values, "missing": result.missing, "failed": result.failed}
         )
 
     def set_many(self, request: Request) -> Response:
         items = validation.item_list(self.body())
         result = node.router().set_many(items, local=self.internal)
-        return Response({"stored": result.count, "failed": result.failed})
+        return rendered({"stored": result.count, "failed": result.failed})
 
     def delete_many(self, request: Request) -> Response:
         keys = validation.key_list(self.body())
         result = node.router().delete_many(keys, local=self.internal)
-        return Response({"deleted": result.count, "failed": result.failed})
+        return rendered({"deleted": result.count, "failed": result.failed})
 
 
 class SyncViewSet(NodeViewSet):
