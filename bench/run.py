@@ -12,7 +12,7 @@ One run measures, with the same load generator (``bench/load.py``) for every row
 
 Writes ``bench/results/foundation.md`` and ``bench/results/foundation.png``.
 
-    .venv/bin/python bench/run.py            # the full run (about 2 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 2.5 minutes)
     .venv/bin/python bench/run.py --quick    # a smoke run (about 40 s)
 """
 
@@ -436,7 +436,7 @@ def verdict(value: float | None, target: float) -> str:
 
 def bottleneck(r: LoadResult) -> str:
     label = _bottleneck(r)
-    if (r.other_cpu_pct or 0.0) >= NOISY_PCT and not label.startswith(("machine busy", "other")):
+    if (r.other_cpu_pct or 0.0) >= NOISY_PCT and not label.startswith("other"):
         label += f" (noisy: other processes {r.other_cpu_pct:.0f}%)"
     return label
 
@@ -448,12 +448,13 @@ def _bottleneck(r: LoadResult) -> str:
     cores = 100.0 * (os.cpu_count() or 1)
     if server >= 85:
         return "server CPU"
-    if server + r.client_cpu_pct + other >= 0.85 * cores:
-        if other >= 50:
-            return "machine busy (other processes)"
-        return "client CPU" if r.client_cpu_pct > server else "machine CPU"
     if other >= 50:
         return "other processes"
+    if r.client_cpu_pct >= 85 * r.procs:
+        return "client CPU"
+    if server + r.client_cpu_pct + other >= 0.8 * cores:
+        side = "client" if r.client_cpu_pct > server else "server"
+        return f"all cores busy ({side}-heavy)"
     return "server waits (not CPU-bound)"
 
 
@@ -526,8 +527,9 @@ def report(
         "master + worker (psutil) or Redis (`INFO cpu`); client = the load processes' own CPU "
         f"time, summed over the {a.procs} processes; other = everything else the machine ran "
         "(other people's tests, the OS), from `/proc/stat`. Limited by: server CPU when the "
-        "server uses >= 85% of its core; client or machine CPU when all cores are >= 85% busy; "
-        "server waits when neither is the case (the server is idle part of the time although "
+        "server uses >= 85% of its core; client CPU when each load process uses >= 85% of a "
+        "core; all cores busy when server + client + other >= 80% of the machine; server waits "
+        "when none is the case (the server is idle part of the time although "
         f"{a.procs * a.conns} requests are always outstanding)."
     )
     noisy = [
@@ -575,7 +577,7 @@ def report(
     w(f"| node GET ops/s / Redis GET ops/s (rows 1, 5; scale) | {fmt(get_redis, '.3f')} | | |")
     w("")
 
-    w("## Worker class (same load, one node each, started one after another)\n")
+    w("## Worker class (same load; three nodes side by side, taking turns)\n")
     w(
         "| worker class | DRF GET ops/s | DRF GET p99 ms | plain GET ops/s | DRF / plain "
         f"| batch get {BATCH_KEYS} keys/s | DRF GET vs gevent |"

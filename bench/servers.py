@@ -78,10 +78,20 @@ class Registry:
         self.dir = Path(tempfile.mkdtemp(prefix="cache-bench-"))
         self.database_url = f"sqlite:///{self.dir / 'registry.sqlite3'}"
         self.env = _clean_env(DATABASE_URL=self.database_url, **extra_env)
-        manage(self.env, "migrate", "--noinput", "-v0")
-        self.api_key = manage(
-            self.env, "createapikey", "--name", "bench", "--scopes", "read,write,admin", "--quiet"
-        ).strip()
+        try:
+            manage(self.env, "migrate", "--noinput", "-v0")
+            self.api_key = manage(
+                self.env,
+                "createapikey",
+                "--name",
+                "bench",
+                "--scopes",
+                "read,write,admin",
+                "--quiet",
+            ).strip()
+        except BaseException:
+            self.remove()
+            raise
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

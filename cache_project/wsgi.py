@@ -1,13 +1,19 @@
 """WSGI entry point of a node: the Django app plus the node's background tasks."""
 
 import os
+from typing import Any
 
 from django.core.wsgi import get_wsgi_application
 
+from cache_project.serving import YieldAfterResponse, gevent_sleep
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cache_project.settings")
 
-application = get_wsgi_application()
+application: Any = get_wsgi_application()
+_sleep = gevent_sleep()
+if _sleep is not None:
+    application = YieldAfterResponse(application, _sleep)
 
-from cacheapi import node  # noqa: E402 - needs the app registry that the line above loads
+from cacheapi import node  # noqa: E402 - needs the app registry that get_wsgi_application loads
 
 node.start_background()
