@@ -195,6 +195,8 @@ class Ring:
         points = self._points
         if not points:
             return None
+        if len(self._members) == 1:
+            return self._members[0]
         i = bisect.bisect_left(points, key_position(key))
         return self._members[self._point_owner[i if i < len(points) else 0]]
 
@@ -208,6 +210,9 @@ class Ring:
         points = self._points
         if not points:
             return groups
+        if len(self._members) == 1:  # one owner for everything: no hashing needed
+            keys = list(keys)
+            return {self._members[0].name: keys} if keys else groups
         total = len(points)
         names = [node.name for node in self._members]
         owner = self._point_owner
