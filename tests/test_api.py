@@ -20,25 +20,13 @@ from cacheapi import node
 from cacheapi.settings import cluster_settings
 from cacheapi.store import Entry
 from cacheapi.versions import format_version, parse_version
+from tests.clocks import FakeClock
 
 JSON = "application/json"
 OCTET = "application/octet-stream"
 MIB = 2**20
 ALL_BYTES = bytes(range(256))
 VERSION_RE = re.compile(r"[0-9]+-[0-9]+-n1")
-
-
-class FakeClock:
-    """Stands in for the store's monotonic clock; tests move it with ``advance``."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -19,19 +19,9 @@ from cacheapi.auth import key_cache
 from cacheapi.models import ApiKey
 from cacheapi.settings import cluster_settings
 from cacheapi.store import Entry
+from tests.clocks import FakeClock
 
 JSON = "application/json"
-
-
-class FakeClock:
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def data(response: Any) -> Any:

@@ -20,22 +20,10 @@ from cacheapi.store import (
     ValueTooLarge,
 )
 from cacheapi.versions import HybridClock, Version, format_version, parse_version
+from tests.clocks import FakeClock
 
 WALL_START = 1_732_540_000.0  # seconds; the HLC's wall clock in these tests
 WALL_MS = int(WALL_START * 1000)
-
-
-class FakeClock:
-    """A clock that moves only when told to, so no test sleeps."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

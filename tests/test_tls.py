@@ -1,0 +1,65 @@
+"""Two nodes serving HTTPS that forward to each other, verifying against a CA bundle."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from nodes.ring import Ring
+from tests.cluster import Cluster
+from tests.processes import Registry, wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is missing"),
+]
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_certs(out: Path) -> Path:
+    """A throwaway CA and one certificate for 127.0.0.1 signed by it."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=out)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "node.key", "-out", "node.csr", cwd=out)
+    (out / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "node.pem", cwd=out)
+    return out
+
+
+def test_tls_nodes_forward_to_each_other_with_verification(tmp_path):
+    certs = make_certs(tmp_path)
+    registry = Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}",
+                        CACHE_CA_BUNDLE=str(certs / "ca.pem"))
+    cluster = Cluster(registry, tmp_path, 2)
+    for n in cluster.nodes:
+        n.url = n.url.replace("http://", "https://")
+    cluster.session.verify = str(certs / "ca.pem")
+    cluster.session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+    try:
+        for n in cluster.nodes:
+            n.start("--certfile", str(certs / "node.pem"), "--keyfile", str(certs / "node.key"))
+        for n in cluster.nodes:
+            wait_for(lambda n=n: cluster.session.get(f"{n.url}/health", timeout=2).ok, timeout=30)
+        ring = Ring.from_dict(cluster.ring(cluster.nodes[0]))
+        assert all(node.url.startswith("https://") for node in ring.nodes)
+        key = next(f"t{i}" for i in range(100) if ring.primary(f"t{i}").name == "n2")
+        # Written through n1, which must forward over verified TLS to n2.
+        r = cluster.put(cluster.nodes[0], f"/api/v1/keys/{key}", {"value": "secret"})
+        assert r.status_code == 200, r.text
+        assert cluster.get(cluster.nodes[1], f"/api/v1/keys/{key}").json()["value"] == "secret"
+        assert cluster.stats(cluster.nodes[0])["forwards"] == 1
+        # Without the CA the certificate is refused: verification is on.
+        with requests.Session() as plain, pytest.raises(requests.exceptions.SSLError):
+            plain.trust_env = False
+            plain.get(f"{cluster.nodes[0].url}/health", timeout=5, verify=True)
+    finally:
+        cluster.stop()
