@@ -25,20 +25,62 @@ def openssl(*args: str, cwd: Path) -> None:
 
 def make_certs(out: Path) -> Path:
     """A throwaway CA and one certificate for 127.0.0.1 signed by it."""
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            "/CN=test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=out)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", "node.key", "-out", "node.csr", cwd=out)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=out,
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "node.key",
+        "-out",
+        "node.csr",
+        cwd=out,
+    )
     (out / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "node.pem", cwd=out)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "node.pem",
+        cwd=out,
+    )
     return out
 
 
 def test_tls_nodes_forward_to_each_other_with_verification(tmp_path):
     certs = make_certs(tmp_path)
-    registry = Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}",
-                        CACHE_CA_BUNDLE=str(certs / "ca.pem"))
+    registry = Registry(
+        f"sqlite:///{tmp_path / 'r.sqlite3'}", CACHE_CA_BUNDLE=str(certs / "ca.pem")
+    )
     cluster = Cluster(registry, tmp_path, 2)
     for n in cluster.nodes:
         n.url = n.url.replace("http://", "https://")
@@ -58,8 +100,10 @@ def test_tls_nodes_forward_to_each_other_with_verification(tmp_path):
         assert cluster.get(cluster.nodes[1], f"/api/v1/keys/{key}").json()["value"] == "secret"
         assert cluster.stats(cluster.nodes[0])["forwards"] == 1
         # Without the CA the certificate is refused: verification is on.
-        with requests.Session() as plain, pytest.raises(requests.exceptions.SSLError):
-            plain.trust_env = False
+        plain = requests.Session()
+        plain.trust_env = False
+        with pytest.raises(requests.exceptions.SSLError):
             plain.get(f"{cluster.nodes[0].url}/health", timeout=5, verify=True)
+        plain.close()
     finally:
         cluster.stop()
