@@ -131,7 +131,7 @@ class KeyViewSet(NodeViewSet):
             key += self.key_suffix
         return validation.validate_key(key)
 
-    def retrieve(self, request: Request, **kwargs: Any) -> Response:
+    def retrieve(self, request: Request, **kwargs: Any) -> HttpResponse:
         key = self._key()
         entry = node.router().get(key, local=self.internal)
         ttl = None if entry is None else node.store().remaining(entry)
@@ -148,7 +148,7 @@ class KeyViewSet(NodeViewSet):
         }
         return rendered(data, headers=_entry_headers(entry, ttl))
 
-    def update(self, request: Request, **kwargs: Any) -> Response:
+    def update(self, request: Request, **kwargs: Any) -> HttpResponse:
         key = self._key()
         if request.content_type.startswith(OCTET):
             data = request.data or b""  # DRF gives {} for an empty body: zero bytes
@@ -206,13 +206,13 @@ class KeyViewSet(NodeViewSet):
             raise errors.NotFound(f"no key {key!r}")
         return Response({"key": key, "ttl": ttl})
 
-    def destroy(self, request: Request, **kwargs: Any) -> Response:
+    def destroy(self, request: Request, **kwargs: Any) -> HttpResponse:
         key = self._key()
         if not node.router().delete(key, local=self.internal):
             raise errors.NotFound(f"no key {key!r}")
         return HttpResponse(status=204)
 
-    def incr(self, request: Request, **kwargs: Any) -> Response:
+    def incr(self, request: Request, **kwargs: Any) -> HttpResponse:
         key = self._key()
         delta = validation.validate_delta(self.body())  # an empty body parses as {}
         result = node.router().incr(key, delta, local=self.internal)
@@ -228,19 +228,19 @@ class BatchViewSet(NodeViewSet):
 
     scopes = {"get_many": "read", "set_many": "write", "delete_many": "write"}
 
-    def get_many(self, request: Request) -> Response:
+    def get_many(self, request: Request) -> HttpResponse:
         keys = validation.key_list(self.body())
         result = node.router().get_many(keys, local=self.internal)
         return rendered(
             {"values": result.values, "missing": result.missing, "failed": result.failed}
         )
 
-    def set_many(self, request: Request) -> Response:
+    def set_many(self, request: Request) -> HttpResponse:
         items = validation.item_list(self.body())
         result = node.router().set_many(items, local=self.internal)
         return rendered({"stored": result.count, "failed": result.failed})
 
-    def delete_many(self, request: Request) -> Response:
+    def delete_many(self, request: Request) -> HttpResponse:
         keys = validation.key_list(self.body())
         result = node.router().delete_many(keys, local=self.internal)
         return rendered({"deleted": result.count, "failed": result.failed})
