@@ -11,10 +11,9 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-import urllib3
-
 from cacheapi import errors, values
 from cacheapi.store import Entry
+from cacheapi.transport import Response, Transport
 from cacheapi.versions import Version, parse_version
 
 log = logging.getLogger(__name__)
@@ -49,17 +48,9 @@ class PeerClient:
         timeout: float,
         clock_now: Any,
         ring_version: Any = lambda: 0,
-        pool_size: int = 32,
         ca_certs: str | None = None,
     ) -> None:
-        self._http = urllib3.PoolManager(
-            num_pools=64,
-            maxsize=pool_size,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(total=timeout),
-            ca_certs=ca_certs,
-        )
+        self._transport = Transport(timeout=timeout, ca_certs=ca_certs)
         self._secret = secret
         self._now = clock_now  # the store's clock, to turn a remaining TTL into expires_at
         self._ring_version = ring_version
@@ -83,17 +74,14 @@ class PeerClient:
         path: str,
         body: Any = None,
         headers: dict[str, str] | None = None,
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> Response:
         """One internal call; raises PeerUnavailable if the node does not answer."""
         payload = values.dumps(body) if body is not None else None
         try:
-            return self._http.request(
-                method,
-                node.url.rstrip("/") + path,
-                body=payload,
-                headers=self._headers(headers),
+            return self._transport.request(
+                node.url.rstrip("/"), method, path, self._headers(headers), payload
             )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except OSError as exc:
             log.warning("call to %s %s failed: %s", node.name, path, exc)
             raise PeerUnavailable(node.name, str(exc)) from exc
 
@@ -168,7 +156,7 @@ def _etag_version(etag: str) -> Version:
     return parse_version(etag.strip().removeprefix("W/").strip('"'))
 
 
-def _relay(node: Any, response: urllib3.BaseHTTPResponse) -> errors.CacheError:
+def _relay(node: Any, response: Response) -> errors.CacheError:
     try:
         error = values.loads(response.data)["error"]
         return PeerError(response.status, error["code"], f"{node.name}: {error['message']}")

@@ -1,0 +1,231 @@
+"""A small keep-alive HTTP/1.1 client for node-to-node calls.
+
+Peers call each other on every forwarded request, so the client's own cost is part of what
+forwarding costs. urllib3 (on http.client, which parses headers with the email package) spent
+about 330 us of CPU per call on this machine; this client sends one pre-assembled request and
+reads the answer with two buffered reads, for a fraction of that (bench/results/cluster.md).
+It speaks only what our nodes answer: a status line, headers, and a body framed by
+Content-Length or chunked encoding. Idle connections are pooled per peer (LIFO); one that the
+peer has closed meanwhile is noticed before reuse and replaced, so a call is never sent twice.
+Works with gevent's patched sockets and with real threads.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MAX_HEADER_LINE = 65536
+
+
+class TransportError(OSError):
+    """The peer could not be reached, or broke the connection or the protocol."""
+
+
+class Headers:
+    """Response headers by lower-case name; ``get`` takes any case and defaults to ""."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: dict[str, str] = {}
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self._items[name.lower()] = value
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._items
+
+    def get(self, name: str, default: str = "") -> str:
+        return self._items.get(name.lower(), default)
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: Headers
+    data: bytes
+
+
+class _Connection:
+    __slots__ = ("reader", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def close(self) -> None:
+        try:
+            self.reader.close()
+        finally:
+            self.sock.close()
+
+    def dropped(self) -> bool:
+        """Readable while idle means the peer closed it (or sent junk): not reusable."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+
+class Pool:
+    """Keep-alive connections to one peer (scheme://host:port)."""
+
+    def __init__(
+        self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None, max_idle: int = 32
+    ) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.host_header = parts.netloc.encode("latin-1")
+        self.timeout = timeout
+        self._ssl = ssl_context
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._max_idle = max_idle
+
+    def _connect(self) -> _Connection:
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls:
+            context = self._ssl or ssl.create_default_context()
+            sock = context.wrap_socket(sock, server_hostname=self.host)
+        return _Connection(sock)
+
+    def _checkout(self) -> _Connection:
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            if not conn.dropped():
+                conn.sock.settimeout(self.timeout)
+                return conn
+            conn.close()
+
+    def _checkin(self, conn: _Connection) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def request(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Response:
+        head = [f"{method} {path} HTTP/1.1".encode("latin-1"), b"Host: " + self.host_header]
+        head += [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
+        head.append(b"Content-Length: %d" % len(body or b""))
+        payload = b"\r\n".join(head) + b"\r\n\r\n" + (body or b"")
+        conn = self._checkout()
+        try:
+            conn.sock.sendall(payload)
+            response, keep = _read_response(conn.reader, method)
+        except (OSError, ValueError) as exc:
+            conn.close()
+            raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
+        if keep:
+            self._checkin(conn)
+        else:
+            conn.close()
+        return response
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def _readline(reader: object) -> bytes:
+    line = reader.readline(MAX_HEADER_LINE + 1)  # type: ignore[attr-defined]
+    if not line:
+        raise TransportError("connection closed by the peer")
+    if len(line) > MAX_HEADER_LINE:
+        raise TransportError("header line too long")
+    return line
+
+
+def _read_response(reader: object, method: str) -> tuple[Response, bool]:
+    status_line = _readline(reader)
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise TransportError(f"bad status line {status_line[:80]!r}")
+    status = int(parts[1])
+    headers = Headers()
+    while True:
+        line = _readline(reader)
+        if line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    keep = headers.get("connection", "").lower() != "close" and parts[0] != b"HTTP/1.0"
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return Response(status, headers, b""), keep
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        return Response(status, headers, _read_chunked(reader)), keep
+    length = headers.get("content-length")
+    if not length:  # framed by the connection closing
+        return Response(status, headers, reader.read()), False  # type: ignore[attr-defined]
+    data = reader.read(int(length))  # type: ignore[attr-defined]
+    if len(data) != int(length):
+        raise TransportError("connection closed mid-body")
+    return Response(status, headers, data), keep
+
+
+def _read_chunked(reader: object) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        size = int(_readline(reader).split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while _readline(reader) not in (b"\r\n", b"\n"):
+                pass  # trailers
+            return b"".join(chunks)
+        chunk = reader.read(size)  # type: ignore[attr-defined]
+        if len(chunk) != size:
+            raise TransportError("connection closed mid-chunk")
+        chunks.append(chunk)
+        _readline(reader)
+
+
+class Transport:
+    """One pool per peer URL."""
+
+    def __init__(self, *, timeout: float, ca_certs: str | None = None) -> None:
+        self.timeout = timeout
+        self._ssl = ssl.create_default_context(cafile=ca_certs) if ca_certs else None
+        self._pools: dict[str, Pool] = {}
+        self._lock = threading.Lock()
+
+    def pool(self, base_url: str) -> Pool:
+        pool = self._pools.get(base_url)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(base_url)
+                if pool is None:
+                    pool = Pool(base_url, timeout=self.timeout, ssl_context=self._ssl)
+                    self._pools[base_url] = pool
+        return pool
+
+    def request(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+    ) -> Response:
+        return self.pool(base_url).request(method, path, headers, body)
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
