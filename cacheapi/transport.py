@@ -124,7 +124,10 @@ class Pool:
         head += [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
         head.append(b"Content-Length: %d" % len(body or b""))
         payload = b"\r\n".join(head) + b"\r\n\r\n" + (body or b"")
-        conn = self._checkout()
+        try:
+            conn = self._checkout()
+        except OSError as exc:  # refused, unreachable, connect timeout, TLS handshake
+            raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
         try:
             conn.sock.sendall(payload)
             response, keep = _read_response(conn.reader, method)
