@@ -13,6 +13,9 @@ Two kinds of target share that machinery (same processes, same lanes, same loop,
   looked at (a few microseconds of client CPU per request, so the server is the bottleneck).
   A request may name which endpoint it goes to, so a smart client that routes each key to its
   owner node is a list of ``(endpoint, bytes)`` pairs.
+- :class:`HttpFanoutTarget`: like :class:`HttpTarget`, but one operation is several requests
+  to distinct endpoints sent at once on the lane's connections, done when the last answer is
+  in: a smart client's batch split per owner node (latency = the slowest part).
 - :class:`RedisTarget`: one redis-py ``Connection`` per lane; commands are packed once with
   redis-py and answers are parsed by redis-py (``read_response``) when the socket is readable.
 
@@ -53,6 +56,24 @@ class HttpTarget:
 
 
 @dataclass
+class HttpFanoutTarget:
+    """Each operation is a group of ``(endpoint, bytes)`` requests to distinct endpoints, sent
+    together; the operation ends when every part is answered (all parts must be ok)."""
+
+    endpoints: Sequence[tuple[str, int]]
+    ops: Sequence[Sequence[tuple[int, bytes]]]
+    keys_per_op: int = 1
+    ok_status: frozenset[int] = frozenset({200})
+    kind: str = field(default="http_fanout", init=False)
+
+    def __post_init__(self) -> None:
+        for parts in self.ops:
+            eps = [ep for ep, _ in parts]
+            if not eps or len(set(eps)) != len(eps):
+                raise ValueError("a fan-out operation needs parts on distinct endpoints")
+
+
+@dataclass
 class RedisTarget:
     """redis-py commands, e.g. ``("GET", key)``; each lane has its own redis-py Connection."""
 
@@ -78,6 +99,7 @@ class LoadResult:
     client_cpu_s: float
     server_cpu_s: float | None = None
     machine_cpu_s: float | None = None
+    requests: int | None = None  # HTTP requests (or commands) in the window; None: = ops
     error_samples: list[str] = field(default_factory=list)
     latencies: array[float] = field(default_factory=lambda: array("d"), repr=False)
 
@@ -115,8 +137,14 @@ class LoadResult:
             client_cpu_s=sum(r.client_cpu_s for r in results),
             server_cpu_s=total("server_cpu_s"),
             machine_cpu_s=total("machine_cpu_s"),
+            requests=sum(r.requests_sent for r in results),
             error_samples=[s for r in results for s in r.error_samples][:5],
         )
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests the servers received from the client in the window (fan-out: every part)."""
+        return self.ops if self.requests is None else self.requests
 
     @property
     def ops_per_s(self) -> float:
@@ -317,6 +345,178 @@ def _http_worker(
     }
 
 
+class _FanoutLane:
+    """One lane of a fan-out target: a connection to every endpoint, per-endpoint answer state."""
+
+    __slots__ = ("bufs", "needs", "parts", "pending", "sent_at", "socks", "statuses")
+
+    def __init__(self, endpoints: Sequence[tuple[str, int]]) -> None:
+        self.socks = [_HttpLane._connect(ep) for ep in endpoints]
+        n = len(endpoints)
+        self.bufs = [b""] * n
+        self.needs = [-1] * n
+        self.statuses = [0] * n
+        self.pending = 0
+        self.parts = 0
+        self.sent_at = 0.0
+
+    def close(self) -> None:
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def _http_fanout_worker(
+    target: HttpFanoutTarget, conns: int, seed: int, go: Connection, cpu: int | None
+) -> dict[str, Any]:
+    """Like ``_http_worker``, but an operation is a group of requests to distinct endpoints,
+    all sent at once; its latency runs from the first send to the last answer."""
+    endpoints = [tuple(ep) for ep in target.endpoints]
+    groups = [list(parts) for parts in target.ops]
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    ok_status = target.ok_status
+
+    sel = selectors.DefaultSelector()
+
+    def register(lane: _FanoutLane) -> None:
+        for ep, s in enumerate(lane.socks):
+            sel.register(s, selectors.EVENT_READ, (lane, ep))
+
+    lanes = [_FanoutLane(endpoints) for _ in range(conns)]
+    for lane in lanes:
+        register(lane)
+
+    go.send(("ready", None))
+    t_start, warmup, duration = go.recv()
+    measure_from = t_start + warmup
+    end = measure_from + duration
+    hard_end = end + HARD_TIMEOUT
+    lat = array("d")
+    record = lat.append
+    perf = time.perf_counter
+    ops = errors = requests = 0
+    samples: list[str] = []
+    cursor = seed % n
+    cpu0 = cpu1 = None
+
+    while time.perf_counter() < t_start:
+        time.sleep(min(0.005, max(0.0, t_start - time.perf_counter())))
+
+    def send(lane: _FanoutLane) -> None:
+        nonlocal cursor
+        parts = groups[order[cursor]]
+        cursor += 1
+        if cursor == n:
+            cursor = 0
+        lane.pending = lane.parts = len(parts)
+        lane.sent_at = perf()
+        for ep, data in parts:
+            lane.bufs[ep] = b""
+            lane.needs[ep] = -1
+            lane.statuses[ep] = 0
+            lane.socks[ep].sendall(data)
+
+    active = set(lanes)
+    for lane in lanes:
+        send(lane)
+
+    while active:
+        now = perf()
+        if now >= hard_end:
+            errors += len(active)
+            samples.append(f"{len(active)} operations unanswered {HARD_TIMEOUT}s after the window")
+            break
+        if cpu0 is None and now >= measure_from:
+            cpu0 = time.process_time()
+        if cpu1 is None and now >= end:
+            cpu1 = time.process_time()
+        for key, _ in sel.select(0.1):
+            lane, ep = key.data
+            if lane not in active:
+                continue
+            sock = key.fileobj
+            try:
+                chunk = sock.recv(_RECV)  # type: ignore[union-attr]
+            except OSError as exc:
+                chunk = b""
+                if len(samples) < 5:
+                    samples.append(repr(exc))
+            if not chunk:  # a server closed a connection: count it, reconnect the lane, go on
+                errors += 1
+                if len(samples) < 5:
+                    samples.append("connection closed by the server")
+                for s in lane.socks:
+                    with contextlib.suppress(KeyError, ValueError):
+                        sel.unregister(s)
+                lane.close()
+                if perf() >= end:
+                    active.discard(lane)
+                    continue
+                try:
+                    lane.socks = _FanoutLane(endpoints).socks
+                except OSError as exc:
+                    samples.append(f"reconnect failed: {exc!r}")
+                    active.discard(lane)
+                    continue
+                register(lane)
+                send(lane)
+                continue
+            buf = lane.bufs[ep] + chunk if lane.bufs[ep] else chunk
+            need = lane.needs[ep]
+            if need < 0:
+                h = buf.find(b"\r\n\r\n")
+                if h < 0:
+                    lane.bufs[ep] = buf
+                    continue
+                head = buf[:h].lower()
+                i = head.find(b"\r\ncontent-length:")
+                if i < 0:
+                    raise RuntimeError(f"answer without Content-Length: {bytes(head[:200])!r}")
+                j = head.find(b"\r\n", i + 2)
+                need = lane.needs[ep] = h + 4 + int(head[i + 17 : j if j > 0 else len(head)])
+                lane.statuses[ep] = int(buf[9:12])
+            if len(buf) < need:
+                lane.bufs[ep] = buf
+                continue
+            lane.bufs[ep] = b""
+            if lane.statuses[ep] not in ok_status:
+                lane.statuses[ep] = -lane.statuses[ep]  # remembered until the op is done
+                if len(samples) < 5:
+                    samples.append(f"HTTP {-lane.statuses[ep]}: {bytes(buf[-200:])!r}")
+            lane.pending -= 1
+            if lane.pending:
+                continue
+            done = perf()
+            if done >= measure_from and done < end:
+                ops += 1
+                requests += lane.parts
+                record(done - lane.sent_at)
+                if any(st < 0 for st in lane.statuses):
+                    errors += 1
+            if done < end:
+                send(lane)
+            else:
+                active.discard(lane)
+
+    if cpu0 is None:
+        cpu0 = time.process_time()
+    if cpu1 is None:
+        cpu1 = time.process_time()
+    for lane in lanes:
+        lane.close()
+    sel.close()
+    return {
+        "ops": ops,
+        "requests": requests,
+        "errors": errors,
+        "lat": lat.tobytes(),
+        "cpu": cpu1 - cpu0,
+        "samples": samples,
+    }
+
+
 def _redis_worker(
     target: RedisTarget, conns: int, seed: int, go: Connection, cpu: int | None
 ) -> dict[str, Any]:
@@ -423,7 +623,11 @@ def _worker_main(target: Any, conns: int, seed: int, go: Connection, cpu: int | 
         if cpu is not None:
             with contextlib.suppress(OSError, AttributeError):
                 os.sched_setaffinity(0, {cpu})
-        run = _http_worker if target.kind == "http" else _redis_worker
+        run = {
+            "http": _http_worker,
+            "http_fanout": _http_fanout_worker,
+            "redis": _redis_worker,
+        }[target.kind]
         go.send(("done", run(target, conns, seed, go, cpu)))
     except BaseException:  # reported to the parent, which raises it
         with contextlib.suppress(OSError):
@@ -443,7 +647,7 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def run_load(
-    target: HttpTarget | RedisTarget,
+    target: HttpTarget | HttpFanoutTarget | RedisTarget,
     *,
     duration: float = 5.0,
     warmup: float = 1.0,
@@ -540,6 +744,7 @@ def run_load(
         client_cpu_s=sum(r["cpu"] for r in results),
         server_cpu_s=_delta(edges[0][1], edges[1][1]),
         machine_cpu_s=_delta(edges[0][0], edges[1][0]),
+        requests=sum(r.get("requests", r["ops"]) for r in results),
         error_samples=[s for r in results for s in r["samples"]][:5],
     )
 

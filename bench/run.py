@@ -10,10 +10,14 @@ One run measures, with the same load generator (``bench/load.py``) for every row
 6. the single GET (and plain GET, batch get) on nodes run with gthread 1 thread, gthread 4
    threads and gevent.
 
-Writes ``bench/results/foundation.md`` and ``bench/results/foundation.png``.
+Writes ``bench/results/foundation.md`` and ``bench/results/foundation.png``. Then the cluster
+benchmark (``bench/cluster.py``: smart client vs forwarding on 1, 2 and 3 nodes) writes
+``bench/results/cluster.md`` and ``cluster.png``.
 
-    .venv/bin/python bench/run.py            # the full run (about 2.5 minutes)
-    .venv/bin/python bench/run.py --quick    # a smoke run (about 40 s)
+    .venv/bin/python bench/run.py                     # both (about 2.5 + 4 minutes)
+    .venv/bin/python bench/run.py --only foundation   # the foundation benchmark only
+    .venv/bin/python bench/run.py --only cluster      # the cluster benchmark only
+    .venv/bin/python bench/run.py --quick             # a smoke run of both (about 1.5 min)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -893,14 +898,64 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis-db", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     p.add_argument("--name", default="foundation", help="results file stem (foundation)")
+    p.add_argument(
+        "--only",
+        choices=["foundation", "cluster"],
+        default=None,
+        help="run only the foundation or only the cluster benchmark (default: both)",
+    )
+    p.add_argument(
+        "--cluster-duration",
+        type=float,
+        default=None,
+        help="cluster benchmark: measured seconds per item (N x path x op), split over "
+        "--rounds (8; --quick: 1)",
+    )
+    p.add_argument(
+        "--client-duration",
+        type=float,
+        default=None,
+        help="cluster benchmark: seconds of each CacheClient sanity row (3; --quick: 1)",
+    )
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cluster benchmark: after the measured items, load three of them again with "
+        "py-spy on every node and report where the CPU goes (default: on if py-spy is "
+        "installed, off with --quick)",
+    )
+    p.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cluster benchmark: also measure the lone node at the per-node concurrency of the "
+        "3-node smart client (GET, SET; on by default)",
+    )
+    p.add_argument(
+        "--profile-duration",
+        type=float,
+        default=3.0,
+        help="cluster benchmark: seconds of each profiled load (3)",
+    )
     a = p.parse_args(argv)
     a.duration = a.duration if a.duration is not None else (1.0 if a.quick else 5.0)
     a.warmup = a.warmup if a.warmup is not None else (0.3 if a.quick else 1.0)
     a.keys = a.keys if a.keys is not None else (2000 if a.quick else 10_000)
+    if a.cluster_duration is None:
+        a.cluster_duration = 1.0 if a.quick else 8.0
+    if a.client_duration is None:
+        a.client_duration = 1.0 if a.quick else 3.0
+    if a.profile is None:
+        a.profile = not a.quick and (
+            shutil.which("py-spy") is not None or (Path(sys.executable).parent / "py-spy").exists()
+        )
     if a.quiet_wait_total is None:
         a.quiet_wait_total = 10.0 if a.quick else 30.0
     if a.redis_host not in ("127.0.0.1", "localhost", "::1"):
         p.error("--redis-host: loopback only")
+    if a.cluster_duration <= 0 or a.client_duration <= 0:
+        p.error("need --cluster-duration > 0 and --client-duration > 0")
     if min(a.procs, a.conns, a.rounds) < 1 or a.duration <= 0 or a.warmup < 0:
         p.error("need --duration > 0, --warmup >= 0 and --procs, --conns, --rounds >= 1")
     if a.keys < BATCH_KEYS:
@@ -913,6 +968,33 @@ def main(argv: list[str] | None = None) -> int:
     command = "cd {} && .venv/bin/python bench/run.py{}".format(
         ROOT, "".join(" " + shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     )
+    rc = 0
+    if args.only in (None, "foundation"):
+        rc = run_foundation(args, command)
+        if rc:
+            return rc
+    if args.only in (None, "cluster"):
+        # bench/cluster.py imports helpers from this module: let it find this very module (also
+        # when it runs as __main__) instead of loading a second copy.
+        sys.modules.setdefault("run", sys.modules[__name__])
+        import cluster
+
+        try:
+            with cleanup_on_exit():
+                rc = cluster.run(args, command, print)
+        except KeyboardInterrupt:
+            print("\ninterrupted: every node was stopped; no results written", file=sys.stderr)
+            return 130
+        md = args.out / "cluster.md"
+        print(
+            f"wrote {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md}, cluster.png, "
+            "cluster.json",
+            file=sys.stderr,
+        )
+    return rc
+
+
+def run_foundation(args: argparse.Namespace, command: str) -> int:
     started = dt.datetime.now(dt.UTC)
     load_before = loadavg()
     bench = Bench(args)

