@@ -7,7 +7,8 @@
 The client reads the ring from any seed node, hashes each key to its primary and calls that
 node directly, so no request is forwarded. Batches are grouped per owner and sent in parallel.
 When a node answers with a newer ``X-Ring-Version``, or does not answer, the client re-reads
-the ring (and retries a failed call once on the new owner).
+the ring (and retries a failed call once on the new owner when repeating it is safe: a
+read or plain set, or any call whose connection never opened).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class CacheClient:
         )
         self._ring: Ring | None = None
         self._ring_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
     # -- the ring ---------------------------------------------------------------------------
@@ -135,7 +137,13 @@ class CacheClient:
         ok: tuple[int, ...] = (200,),
         missing: tuple[int, ...] = (),
     ) -> Any:
-        """One call to the key's owner; on a dead node, refresh the ring and retry once."""
+        """One call to the key's owner; on a dead node, refresh the ring and retry once.
+
+        The retry is safe only when repeating the call cannot change its outcome: always when
+        no connection was made (the request was never sent), otherwise only for reads and
+        plain sets. An incr, add, compare-and-set or delete that reached the node before its
+        answer was lost would otherwise be applied twice, or reported as failed."""
+        repeatable = method == "GET" or (method == "PUT" and not headers)
         for attempt in (0, 1):
             target = node if node is not None else self._owner(key or "")
             try:
@@ -147,7 +155,7 @@ class CacheClient:
                 )
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 self.refresh_ring()
-                if attempt or node is not None:
+                if attempt or node is not None or not (repeatable or _not_sent(exc)):
                     raise Unavailable(f"{target.name} did not answer: {exc}") from exc
                 continue
             self._note_version(response)
@@ -233,14 +241,19 @@ class CacheClient:
     # -- batches: one call per owner, in parallel ---------------------------------------------
     def _per_owner(self, keys: Iterable[str], call: Any) -> list[Any]:
         ring = self.ring
+        keys = list(keys)
         groups = ring.group_by_owner(keys)
+        if keys and not groups:
+            raise Unavailable("the ring has no live node")
         nodes = [ring.node(name) for name in groups]
         if len(groups) == 1:
             return [call(nodes[0], next(iter(groups.values())))]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cache-client")
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cache-client")
+            pool = self._pool
         futures = [
-            self._pool.submit(call, node, group)
+            pool.submit(call, node, group)
             for node, group in zip(nodes, groups.values(), strict=True)
         ]
         return [f.result() for f in futures]
@@ -279,6 +292,9 @@ class CacheClient:
             list(dict.fromkeys(keys)),
             lambda n, g: self._batch(n, "/api/v1/batch/delete", {"keys": g}),
         )
+        failed = [k for p in parts for k in p["failed"]]
+        if failed:
+            raise Unavailable(f"{len(failed)} keys failed", code="failed")
         return sum(p["deleted"] for p in parts)
 
     # -- the cluster --------------------------------------------------------------------------
@@ -288,15 +304,23 @@ class CacheClient:
         return values.loads(response.data)
 
     def flush(self) -> int:
-        node = self.ring.members[0]
+        node = self.ring.members[0] if self.ring.members else self._owner("")
         response = self._request("POST", None, "/api/v1/flush", node=node)
         return values.loads(response.data)["flushed"]
 
     def close(self) -> None:
         self._http.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+def _not_sent(exc: Exception) -> bool:
+    """The call failed before a connection existed, so the node never saw the request."""
+    return isinstance(
+        exc, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+    )
 
 
 def _key_path(key: str) -> str:

@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from cacheapi import errors, values
 from cacheapi.peers import PeerClient, PeerUnavailable
 from cacheapi.store import Entry, Store
@@ -161,7 +163,11 @@ class Router:
             keys = list(keys)
             return [(keys, local_fn(keys))], []
         ring = self.ring
+        keys = list(keys)
         groups = ring.group_by_owner(keys)
+        if not groups:  # no live owner at all (every node down, draining or disabled)
+            log.warning("batch %s: the ring has no live node; %d keys failed", op, len(keys))
+            return [], keys
         mine = groups.pop(self.node, None)
         pending: list[tuple[list[str], RingNode, Future[Any]]] = []
         for name, group in groups.items():
@@ -192,7 +198,12 @@ class Router:
             return {k: values.to_wire(e.value, e.binary) for k, e in found.items()}
 
         def there(peers: PeerClient, node: RingNode, group: list[str]) -> dict[str, Any]:
-            return peers.call(node, "POST", "/api/v1/batch/get", {"keys": group})["values"]
+            found = peers.call(node, "POST", "/api/v1/batch/get", {"keys": group})["values"]
+            # Re-encode each value on its own: the answer mixes these with this node's
+            # orjson Fragments, and a value orjson cannot encode (an integer beyond 64 bits,
+            # deep nesting) would send the whole answer to the json fallback, which cannot
+            # encode Fragments.
+            return {k: orjson.Fragment(values.dumps(v)) for k, v in found.items()}
 
         results, failed = self._fan_out("get_many", keys, here, there, local=local)
         found: dict[str, Any] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from rest_framework import viewsets
 from rest_framework.permissions import AllowAny
@@ -382,17 +383,25 @@ class NodesViewSet(NodeViewSet):
 
         ring = node.membership().ring
         shares = ring.shares()
-        rows = [
-            {
-                "name": n.name,
-                "url": n.url,
-                "status": n.status,
-                "weight": n.weight,
-                "share": round(shares.get(n.name, 0.0), 4),
-                "last_heartbeat": n.last_heartbeat.isoformat() if n.last_heartbeat else None,
-                "consecutive_failures": n.consecutive_failures,
-                "stats": n.last_stats,
-            }
-            for n in Node.objects.all()
-        ]
-        return Response({"version": RingVersion.current(), "nodes": rows})
+        try:
+            return Response(
+                {"version": RingVersion.current(), "nodes": _node_rows(Node.objects.all(), shares)}
+            )
+        except DatabaseError as exc:
+            raise errors.Unavailable("the node registry is unreachable; try again") from exc
+
+
+def _node_rows(nodes: Any, shares: dict[str, float]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": n.name,
+            "url": n.url,
+            "status": n.status,
+            "weight": n.weight,
+            "share": round(shares.get(n.name, 0.0), 4),
+            "last_heartbeat": n.last_heartbeat.isoformat() if n.last_heartbeat else None,
+            "consecutive_failures": n.consecutive_failures,
+            "stats": n.last_stats,
+        }
+        for n in nodes
+    ]

@@ -129,8 +129,13 @@ class Membership:
     def _watch(self) -> None:
         try:
             while not self._stop.wait(self.interval):
-                self.refresh()
-                close_old_connections()
+                # One bad round must not end the thread: the node would route by a frozen ring.
+                try:
+                    self.refresh()
+                    close_old_connections()
+                except Exception:
+                    self.reload_errors += 1
+                    log.exception("ring watcher round failed; retrying")
         finally:
             connections.close_all()  # this thread's connections only; none left behind
 

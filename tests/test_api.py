@@ -1342,3 +1342,46 @@ def test_if_none_match_other_than_star_is_refused_and_changes_nothing(api: Clien
     )
     assert_error(r, 400, "invalid_request")
     assert api.get(url("k")).json()["value"] == 1
+
+
+# No live owner, registry down -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_live_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ring names this node, but it is draining: nobody owns any key."""
+    from nodes.ring import Ring, RingNode
+
+    ring = Ring([RingNode("n1", "http://127.0.0.1:1", status="draining")], version=7)
+    monkeypatch.setattr(node.membership(), "_ring", ring)
+
+
+def test_batches_with_no_live_owner_fail_every_key(api: Client, no_live_node: None) -> None:
+    # Not "stored": 0 with nothing failed, which a client would take as done.
+    r = api.post(
+        "/api/v1/batch/set",
+        {"items": [{"key": "a", "value": 1}, {"key": "b", "value": 2}]},
+        content_type=JSON,
+    )
+    assert r.status_code == 200
+    assert data(r) == {"stored": 0, "failed": ["a", "b"]}
+    assert contents() == {}
+    r = api.post("/api/v1/batch/get", {"keys": ["a", "b"]}, content_type=JSON)
+    assert data(r) == {"values": {}, "missing": [], "failed": ["a", "b"]}
+    r = api.post("/api/v1/batch/delete", {"keys": ["a"]}, content_type=JSON)
+    assert data(r) == {"deleted": 0, "failed": ["a"]}
+    assert_error(api.get(url("a")), 503, "unavailable")
+
+
+def test_cluster_nodes_with_the_registry_down_is_503(api: Client) -> None:
+    from django.db import OperationalError, connection
+
+    assert api.get("/api/v1/cluster/nodes").status_code == 200  # caches the key's verdict
+
+    def down(*args: Any) -> Any:
+        raise OperationalError("could not connect to server")
+
+    with connection.execute_wrapper(down):
+        r = api.get("/api/v1/cluster/nodes")
+    message = assert_error(r, 503, "unavailable")
+    assert "could not connect" not in message

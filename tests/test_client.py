@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from cacheapi.client import (
@@ -155,3 +157,118 @@ def test_seed_list_may_name_any_node_and_dead_seeds_are_skipped(cluster):
     c.close()
     with pytest.raises(Unavailable):
         CacheClient(["http://127.0.0.1:1"], api_key="x").get("k")
+
+
+# Failures a real node cannot be made to show on cue: a scripted node in a thread ---------------
+
+
+class ScriptedNode:
+    """Serves the ring (itself, with ``status``) and records every other call; ``answers``
+    maps "METHOD path" to (status, body), and a call without an answer gets its connection
+    closed after the request was read, as a node that dies mid-call."""
+
+    def __init__(self, status: str = "up") -> None:
+        import http.server
+        import json
+        import threading
+
+        self.calls: list[str] = []
+        self.answers: dict[str, tuple[int, Any]] = {}
+        scripted = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                call = f"{self.command} {self.path}"
+                if self.path == "/api/v1/cluster/ring":
+                    node = {"name": "s1", "url": scripted.url, "weight": 1, "status": status}
+                    answer: tuple[int, Any] | None = (200, {"version": 1, "nodes": [node]})
+                else:
+                    scripted.calls.append(call)
+                    answer = scripted.answers.get(call)
+                if answer is None:
+                    self.close_connection = True
+                    return
+                body = json.dumps(answer[1]).encode()
+                self.send_response(answer[0])
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _serve
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted():
+    made: list[ScriptedNode] = []
+
+    def make(status: str = "up") -> ScriptedNode:
+        made.append(ScriptedNode(status))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_a_call_that_may_have_been_applied_is_not_sent_twice(scripted):
+    node = scripted()
+    c = CacheClient([node.url], api_key="k", timeout=2)
+    try:
+        for call in (
+            lambda: c.incr("hits"),
+            lambda: c.add("lock", 1),
+            lambda: c.cas("k", 2, "1-0-s1"),
+            lambda: c.delete("k"),
+        ):
+            node.calls.clear()
+            with pytest.raises(Unavailable):
+                call()
+            assert len(node.calls) == 1, node.calls  # never applied twice
+        # A read is safe to repeat: it is retried once.
+        node.calls.clear()
+        with pytest.raises(Unavailable):
+            c.get("k")
+        assert node.calls == ["GET /api/v1/keys/k"] * 2
+    finally:
+        c.close()
+
+
+def test_batch_failures_and_an_empty_ring_raise(scripted):
+    node = scripted()
+    node.answers["POST /api/v1/batch/delete"] = (200, {"deleted": 0, "failed": ["a"]})
+    c = CacheClient([node.url], api_key="k", timeout=2)
+    try:
+        with pytest.raises(Unavailable):
+            c.delete_many(["a"])
+    finally:
+        c.close()
+
+    drained = scripted(status="draining")
+    c = CacheClient([drained.url], api_key="k", timeout=2)
+    try:
+        # Nobody owns a key: an error, never a silent {} or 0 (a write that went nowhere).
+        with pytest.raises(Unavailable):
+            c.set_many({"a": 1})
+        with pytest.raises(Unavailable):
+            c.get_many(["a"])
+        with pytest.raises(Unavailable):
+            c.flush()
+        assert c.get_many([]) == {}
+        assert drained.calls == []
+    finally:
+        c.close()

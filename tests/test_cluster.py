@@ -100,6 +100,35 @@ def test_a_batch_of_1000_keys_is_split_by_owner(cluster):
     assert sum(cluster.stats(n)["items"] for n in cluster.nodes) == 500
 
 
+def test_a_batch_mixing_local_and_forwarded_values_orjson_cannot_encode(cluster):
+    """Values from other owners come back parsed; one that orjson cannot encode (an integer
+    beyond 64 bits, nesting deeper than 255) must not turn the whole answer into a 500."""
+    ring = ring_of(cluster)
+    entry = cluster.nodes[0]
+    deep: object = 1
+    for _ in range(300):
+        deep = [deep]
+    keys = {}
+    for owner in ("n1", "n2", "n3"):
+        found = [
+            k for k in (f"wide-{owner}-{i}" for i in range(200)) if ring.primary(k).name == owner
+        ]
+        keys[owner] = found[:2]
+    stored = {}
+    for big, nested in keys.values():
+        stored[big], stored[nested] = 2**70 + 1, deep
+    r = cluster.post(
+        entry, "/api/v1/batch/set", {"items": [{"key": k, "value": v} for k, v in stored.items()]}
+    )
+    assert r.json() == {"stored": 6, "failed": []}
+    r = cluster.post(entry, "/api/v1/batch/get", {"keys": [*stored, "wide-missing"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["values"] == stored
+    assert body["missing"] == ["wide-missing"]
+    assert body["failed"] == []
+
+
 def test_an_internal_request_is_never_forwarded_again(cluster):
     ring = ring_of(cluster)
     key = next(f"hop-{i}" for i in range(100) if ring.primary(f"hop-{i}").name == "n3")

@@ -375,3 +375,30 @@ def test_registry_change_is_seen_by_the_watcher_thread() -> None:
     finally:
         m.stop()
     assert m._thread is None
+
+
+def test_watcher_survives_an_unexpected_error(
+    registry: FakeRegistry,
+    make_membership: Callable[..., Membership],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing a broken connection can fail too; the thread must keep watching."""
+    import nodes.membership
+
+    calls = {"n": 0}
+
+    def flaky_close() -> None:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise DatabaseError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(nodes.membership, "close_old_connections", flaky_close)
+    m = make_membership(registry, interval=0.01)
+    assert m.ring.version == 1
+    m.start()
+    wait_for(lambda: calls["n"] >= 3)
+    registry.change(rn(ME), rn("n6"))
+    wait_for(lambda: m.ring.version == 2)
+    assert m._thread is not None
+    assert m._thread.is_alive()
+    assert m.reload_errors >= 2
