@@ -9,7 +9,9 @@ from django.core import checks
 
 from cacheapi.settings import cluster_settings
 
-SUPPORTED_WORKERS = ("gevent", "gthread", "sync")
+# No "sync": with one sync worker, two nodes forwarding to each other would block each
+# other until the timeout.
+SUPPORTED_WORKERS = ("gevent", "gthread")
 
 
 @checks.register(checks.Tags.compatibility)

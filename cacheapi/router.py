@@ -3,7 +3,7 @@
 The node that receives a request coordinates it. For each key the router asks the ring for its
 primary: this node serves it from its own store, any other is called with an internal request
 (``cacheapi.peers``). Internal requests (``local=True``) are leaves: served here, never forwarded.
-Batches are grouped by primary and sent to all owners in parallel; a node that fails costs only
+Batches are grouped by primary and sent to those nodes in parallel; a node that fails costs only
 its own keys, which come back in ``failed``.
 """
 
@@ -191,6 +191,27 @@ class Router:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fanout")
         return self._executor
+
+    def on_every_node(
+        self, local_fn: Callable[[], Any], method: str, path: str
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Run ``local_fn`` here and the same internal call on every other node, in parallel
+        (disabled nodes are skipped: an operator took them out). Returns (answers, failed)."""
+        ring = self.ring
+        others = [n for n in ring.nodes if n.name != self.node and n.status != "disabled"]
+        pending = []
+        for member in others:
+            peers = self._remote(method.lower(), member)
+            pending.append((member, self._pool().submit(peers.call, member, method, path)))
+        answers: dict[str, Any] = {self.node: local_fn()}
+        failed: list[str] = []
+        for member, future in pending:
+            try:
+                answers[member.name] = future.result()
+            except (PeerUnavailable, errors.CacheError, values.DecodeError) as exc:
+                log.warning("%s %s on %s failed: %s", method, path, member.name, exc)
+                failed.append(member.name)
+        return answers, failed
 
     def get_many(self, keys: Sequence[str], *, local: bool = False) -> BatchGet:
         def here(group: list[str]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "SWEEP_INTERVAL": (1.0, "Seconds between active expiry sweeps."),
     "SWEEP_LIMIT": (10_000, "Most expired keys one sweep removes (keeps the lock short)."),
     "TOMBSTONE_TTL": (60.0, "Seconds a versioned delete is remembered (stops resurrection)."),
-    "REPLICAS": (1, "Nodes that hold each key."),
+    "REPLICAS": (1, "Owners per key the ring reports (copies to them come with replication)."),
     "VNODES": (160, "Ring points per unit of node weight."),
     "SECRET": ("", "Cluster secret for node-to-node calls (default: derived from SECRET_KEY)."),
     "AUTH_CACHE_SECONDS": (5.0, "How long a verified API key is trusted without the database."),

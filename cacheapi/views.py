@@ -314,19 +314,8 @@ SUMMED = (
 
 
 def cluster_stats() -> dict[str, Any]:
-    router = node.router()
-    per_node: dict[str, Any] = {}
-    failed: list[str] = []
-    for member in router.ring.nodes:
-        if member.name == router.node:
-            per_node[member.name] = node_stats()
-            continue
-        try:
-            per_node[member.name] = router.peers.call(member, "GET", "/api/v1/stats")  # type: ignore[union-attr]
-        except Exception as exc:
-            failed.append(member.name)
-            per_node[member.name] = {"error": str(exc)}
-    live = [s for s in per_node.values() if "error" not in s]
+    per_node, failed = node.router().on_every_node(node_stats, "GET", "/api/v1/stats")
+    live = list(per_node.values())
     totals: dict[str, Any] = {name: sum(s.get(name, 0) for s in live) for name in SUMMED}
     lookups = totals["hits"] + totals["misses"]
     totals["hit_ratio"] = round(totals["hits"] / lookups, 4) if lookups else 0.0
@@ -339,16 +328,8 @@ class FlushViewSet(NodeViewSet):
     def create(self, request: Request) -> Response:
         if self.internal:
             return Response({"flushed": node.store().clear(), "failed": []})
-        router = node.router()
-        flushed, failed = 0, []
-        for member in router.ring.nodes:
-            if member.name == router.node:
-                flushed += node.store().clear()
-                continue
-            try:
-                flushed += router.peers.call(member, "POST", "/api/v1/flush")["flushed"]  # type: ignore[union-attr]
-            except Exception:
-                failed.append(member.name)
+        answers, failed = node.router().on_every_node(node.store().clear, "POST", "/api/v1/flush")
+        flushed = sum(a if isinstance(a, int) else a["flushed"] for a in answers.values())
         return Response({"flushed": flushed, "failed": failed})
 
 

@@ -244,6 +244,16 @@ def test_a_dead_owner_fails_only_its_keys(small_cluster):
     )
     assert sorted(r.json()["failed"]) == sorted(dead_keys)
     assert r.json()["stored"] == 300 - len(dead_keys)
+    # Cluster stats and flush ask every node at once: the dead one is listed, not waited on
+    # one after another, and the live ones still answer.
+    started = time.monotonic()
+    stats = cluster.get(cluster.nodes[0], "/api/v1/stats?scope=cluster").json()
+    assert stats["failed"] == ["n3"]
+    assert set(stats["nodes"]) == {"n1", "n2"}
+    assert time.monotonic() - started < 1.0 + 2.0
+    flushed = cluster.post(cluster.nodes[1], "/api/v1/flush", {}).json()
+    assert flushed["failed"] == ["n3"]
+    assert sum(cluster.stats(n)["items"] for n in cluster.nodes[:2]) == 0
     # A single key owned by the dead node: 503 with the envelope, not a 500.
     r = cluster.get(cluster.nodes[0], f"/api/v1/keys/{dead_keys[0]}")
     assert r.status_code == 503

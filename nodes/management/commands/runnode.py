@@ -28,7 +28,7 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8001)
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--url", default=None, help="URL peers use (default from host/port)")
-        parser.add_argument("--worker-class", default=None, choices=["gevent", "gthread", "sync"])
+        parser.add_argument("--worker-class", default=None, choices=["gevent", "gthread"])
         parser.add_argument("--threads", type=int, default=None, help="threads (gthread only)")
         parser.add_argument(
             "--workers", type=int, default=1, help="must be 1: the store lives in the process"
