@@ -8,6 +8,7 @@ that time (at once on the node that revoked it).
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from rest_framework.permissions import BasePermission
 
 from cacheapi.settings import cluster_settings
 
+log = logging.getLogger(__name__)
 INTERNAL_SCOPES = frozenset({"read", "write", "admin", "internal"})
 AUTH_SCHEME = "Api-Key"
 
@@ -57,6 +59,12 @@ class KeyCache:
                 return False, None
             return True, hit[0]
 
+    def stale(self, raw: str) -> tuple[bool, Principal | None]:
+        """The last verdict for ``raw`` even if expired (used while the registry is down)."""
+        with self._lock:
+            hit = self._entries.get(raw)
+            return (False, None) if hit is None else (True, hit[0])
+
     def put(self, raw: str, principal: Principal | None, ttl: float) -> None:
         with self._lock:
             self._entries[raw] = (principal, self.clock() + ttl)
@@ -73,11 +81,21 @@ key_cache = KeyCache()
 
 
 def verify_key(raw: str) -> Principal | None:
-    """Check a presented key, from the cache when possible. None: unknown or revoked."""
+    """Check a presented key, from the cache when possible. None: unknown or revoked.
+
+    If the registry cannot be read, the last verdict for this key stands (a registry outage
+    must not look like a revocation); a key never seen raises the DatabaseError."""
     cached, principal = key_cache.get(raw)
     if cached:
         return principal
-    principal = _load_principal(raw)
+    try:
+        principal = _load_principal(raw)
+    except DatabaseError:
+        known, principal = key_cache.stale(raw)
+        if not known:
+            raise
+        log.warning("key registry unreachable; using the last verdict for key %s", raw[:12])
+        return principal
     key_cache.put(raw, principal, cluster_settings.AUTH_CACHE_SECONDS)
     return principal
 
@@ -107,6 +125,12 @@ def presented_key(meta: dict[str, Any]) -> str | None:
     return meta.get("HTTP_X_API_KEY") or None
 
 
+class RegistryUnavailable(exceptions.APIException):
+    status_code = 503
+    default_detail = "the key registry is unreachable and this key has not been seen; retry"
+    default_code = "unavailable"
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     """``Authorization: Api-Key <key>`` or ``X-API-Key``; peers send ``X-Cluster-Secret``."""
 
@@ -123,9 +147,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         try:
             principal = verify_key(raw)
         except DatabaseError as exc:
-            raise exceptions.AuthenticationFailed(
-                "the key registry is unreachable and this key is not cached"
-            ) from exc
+            raise RegistryUnavailable() from exc
         if principal is None:
             raise exceptions.AuthenticationFailed("unknown or revoked API key")
         return principal, raw

@@ -16,6 +16,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -129,8 +130,9 @@ class Pool:
         except OSError as exc:  # refused, unreachable, connect timeout, TLS handshake
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
         try:
+            deadline = time.monotonic() + self.timeout
             conn.sock.sendall(payload)
-            response, keep = _read_response(conn.reader, method)
+            response, keep = _read_response(_DeadlineReader(conn, deadline), method)
         except (OSError, ValueError) as exc:
             conn.close()
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
@@ -145,6 +147,31 @@ class Pool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class _DeadlineReader:
+    """Reads that share one deadline: each read may wait only for the time left, so a peer
+    that trickles its headers cannot hold the caller much past ``timeout`` in all."""
+
+    __slots__ = ("_conn", "_deadline")
+
+    def __init__(self, conn: _Connection, deadline: float) -> None:
+        self._conn = conn
+        self._deadline = deadline
+
+    def _arm(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the peer did not answer in time")
+        self._conn.sock.settimeout(remaining)
+
+    def readline(self, limit: int = -1) -> bytes:
+        self._arm()
+        return self._conn.reader.readline(limit)
+
+    def read(self, size: int = -1) -> bytes:
+        self._arm()
+        return self._conn.reader.read(size)
 
 
 def _readline(reader: object) -> bytes:

@@ -497,3 +497,30 @@ def test_admin_revoke_action(admin_client: Client, make_key: Callable[..., str])
     assert ApiKey.objects.get(name="kept").revoked_at is None
     assert_unauthorized(revoked.get("/api/v1/keys/k"))
     assert data(kept.get("/api/v1/keys/k"))["value"] == 1
+
+
+def test_a_registry_outage_keeps_the_last_verdict_and_never_looks_like_a_revocation(
+    make_key, monkeypatch
+):
+    from django.db import OperationalError
+
+    from cacheapi import auth
+
+    good = make_key("read,write")
+    clock = FakeClock()
+    monkeypatch.setattr(auth.key_cache, "clock", clock)
+    client = Client(HTTP_X_API_KEY=good)
+    assert client.get("/api/v1/stats").status_code == 200
+    bogus = Client(HTTP_X_API_KEY="abcdef012345.nope")
+    assert bogus.get("/api/v1/stats").status_code == 401
+
+    def registry_down(raw):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(auth, "_load_principal", registry_down)
+    clock.advance(3600)  # every cached verdict has expired
+    assert client.get("/api/v1/stats").status_code == 200  # the last verdict stands
+    assert bogus.get("/api/v1/stats").status_code == 401
+    never_seen = Client(HTTP_X_API_KEY="fedcba987654.unknown").get("/api/v1/stats")
+    assert never_seen.status_code == 503
+    assert never_seen.json()["error"]["code"] == "unavailable"

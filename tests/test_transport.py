@@ -39,6 +39,7 @@ class Reply:
     close: bool = False  # close the connection after sending
     half_close: bool = False  # stop sending (FIN) after sending, but keep reading requests
     hang: bool = False  # never answer (until the server stops)
+    gap: float = 0.0  # seconds between pieces: a peer that trickles its answer
 
 
 def ok(body: bytes, *extra: str) -> bytes:
@@ -140,7 +141,9 @@ class ScriptedServer:
                     self._stop.wait()
                     return
                 pieces = reply.data if isinstance(reply.data, list) else [reply.data]
-                for piece in pieces:
+                for index, piece in enumerate(pieces):
+                    if index and reply.gap:
+                        time.sleep(reply.gap)  # the scripted trickle itself, not a wait
                     sock.sendall(piece)
                 if reply.close:
                     return
@@ -375,6 +378,18 @@ def test_server_that_never_answers_times_out(server: ScriptedServer, pool: Pool)
     assert isinstance(excinfo.value.__cause__, TimeoutError)
     assert [r.path for r in server.requests] == ["/slow"]
     assert pool._idle == []
+
+
+def test_a_trickling_peer_is_bounded_by_the_timeout_for_the_whole_answer(
+    server: ScriptedServer, pool: Pool
+) -> None:
+    # Every piece arrives well within the timeout, but the answer as a whole does not.
+    head = [b"HTTP/1.1 200 OK\r\n"] + [b"X-Slow-%d: 1\r\n" % i for i in range(20)]
+    server.script(Reply(data=[*head, b"Content-Length: 0\r\n\r\n"], gap=TIMEOUT / 3))
+    started = time.monotonic()
+    with pytest.raises(TransportError):
+        pool.request("GET", "/trickle", {})
+    assert time.monotonic() - started < TIMEOUT * 2
 
 
 def test_connection_refused() -> None:
