@@ -8,7 +8,6 @@ Nothing sleeps a fixed time: waits poll a condition against a deadline.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from django.db import DatabaseError
 
 from nodes.membership import Membership
 from nodes.ring import Ring, RingNode
+from tests.processes import wait_for as poll_until
 
 ME = "n1"
 ME_URL = "http://127.0.0.1:8001"
@@ -24,11 +24,7 @@ DEADLINE = 10.0
 
 def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
     """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.005)
+    poll_until(condition, timeout=timeout, interval=0.005)
 
 
 def rn(name: str, weight: int = 1, status: str = "up") -> RingNode:

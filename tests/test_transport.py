@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from cacheapi.transport import Headers, Pool, Transport, TransportError
+from tests.processes import wait_for as poll_until
 
 TIMEOUT = 0.3  # the client's socket timeout in these tests
 WAIT = 2.0  # how long a test waits for something that should happen at once
@@ -87,13 +88,12 @@ class ScriptedServer:
 
     def wait_finished(self, conn: int) -> None:
         """Until the server has closed its end of connection ``conn``."""
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
+
+        def finished() -> bool:
             with self._lock:
-                if conn in self._finished:
-                    return
-            time.sleep(0.002)
-        raise AssertionError(f"the server never finished connection {conn}")
+                return conn in self._finished
+
+        poll_until(finished, timeout=WAIT, interval=0.002)
 
     def stop(self) -> None:
         self._stop.set()
