@@ -5,11 +5,11 @@ from typing import Any
 
 from django.core.wsgi import get_wsgi_application
 
-from cache_project.serving import YieldAfterResponse, gevent_sleep
+from cache_project.serving import PeerShortcut, YieldAfterResponse, gevent_sleep, peer_handler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cache_project.settings")
 
-application: Any = get_wsgi_application()
+application: Any = PeerShortcut(get_wsgi_application(), peer_handler())
 _sleep = gevent_sleep()
 if _sleep is not None:
     application = YieldAfterResponse(application, _sleep)

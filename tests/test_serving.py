@@ -49,3 +49,69 @@ def test_yields_even_if_close_raises():
     with pytest.raises(RuntimeError, match="boom"):
         result.close()
     assert events == [0]
+
+
+def _environ(path: str, **headers: str) -> dict:
+    import io
+
+    env = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8001",
+        "HTTP_HOST": "127.0.0.1:8001",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.url_scheme": "http",
+    }
+    env.update({f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()})
+    return env
+
+
+def _call(app, environ):
+    seen = {}
+
+    def start_response(status, headers):
+        seen["status"] = int(status.split()[0])
+        seen["headers"] = dict(headers)
+
+    body = b"".join(app(environ, start_response))
+    return seen["status"], seen["headers"], body
+
+
+@pytest.mark.django_db
+def test_peer_calls_skip_the_middleware_and_clients_do_not():
+    from django.core.wsgi import get_wsgi_application
+
+    from cache_project.serving import PeerShortcut, peer_handler
+    from cacheapi import node
+    from cacheapi.settings import cluster_settings
+
+    node.store().set("k", b'{"a":1}')
+    app = PeerShortcut(get_wsgi_application(), peer_handler())
+    secret = cluster_settings.SECRET
+
+    status, headers, body = _call(
+        app, _environ("/api/v1/keys/k", x_cluster_secret=secret, x_forwarded_hops="1")
+    )
+    assert status == 200
+    assert b'"value":{"a":1}' in body
+    assert headers["Content-Length"] == str(len(body))
+    assert "X-Frame-Options" not in headers  # no browser-facing middleware between nodes
+
+    status, headers, _ = _call(app, _environ("/api/v1/keys/k"))
+    assert status == 401  # a client without a key, through the full chain
+    assert headers["X-Frame-Options"] == "DENY"
+
+    # The secret is still checked on the short path.
+    status, _, body = _call(
+        app, _environ("/api/v1/keys/k", x_cluster_secret="wrong", x_forwarded_hops="1")
+    )
+    assert status == 401
+    assert b"unauthorized" in body
+    # The admin never takes the short path.
+    status, headers, _ = _call(
+        app, _environ("/admin/login/", x_cluster_secret=secret, x_forwarded_hops="1")
+    )
+    assert status == 200
+    assert headers["X-Frame-Options"] == "DENY"
