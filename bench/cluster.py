@@ -55,7 +55,16 @@ from load import (
     run_load,
     wait_for_quiet,
 )
-from run import BATCH_KEYS, NOISY_PCT, batches, fmt, loadavg, machine_facts, make_dataset
+from run import (
+    BATCH_KEYS,
+    NOISY_PCT,
+    batches,
+    fmt,
+    loadavg,
+    machine_facts,
+    machine_table,
+    make_dataset,
+)
 from servers import Node, Registry, batch_set
 from tqdm import tqdm
 
@@ -870,19 +879,12 @@ def report(
     bench: ClusterBench, command: str, started: dt.datetime, load_before: str, load_after: str
 ) -> str:
     a = bench.args
-    facts = machine_facts()
     out: list[str] = []
     w = out.append
     w("# Cluster benchmark: smart client vs forwarding on 1, 2 and 3 nodes\n")
     w(f"Command: `{command}` (`make bench` runs the foundation and this benchmark)\n")
-    w("| machine | |")
-    w("| --- | --- |")
-    w(f"| date (UTC) | {started:%Y-%m-%d %H:%M:%S} |")
-    w(f"| nproc | {facts['nproc']} ({facts['cpu']}) |")
-    w(f"| python | {facts['python']} ({sys.executable}) |")
-    w(f"| os | {facts['os']} |")
-    w(f"| packages | {facts['packages']} |")
-    w(f"| load average 1/5/15 min | before {load_before}, after {load_after} |")
+    out += machine_table(started, load_before, load_after)
+    facts = machine_facts()
     w("")
     avg = sum(len(orjson.dumps(v)) for v in bench.expected.values()) / max(1, len(bench.data))
     w(

@@ -32,7 +32,7 @@ import shlex
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -463,26 +463,37 @@ def _bottleneck(r: LoadResult) -> str:
     return "server waits (not CPU-bound)"
 
 
+def machine_table(
+    started: dt.datetime, load_before: str, load_after: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """The machine-facts table both reports open with (``extra``: more table rows)."""
+    facts = machine_facts()
+    return [
+        "| machine | |",
+        "| --- | --- |",
+        f"| date (UTC) | {started:%Y-%m-%d %H:%M:%S} |",
+        f"| nproc | {facts['nproc']} ({facts['cpu']}) |",
+        f"| python | {facts['python']} ({sys.executable}) |",
+        f"| os | {facts['os']} |",
+        f"| packages | {facts['packages']} |",
+        *extra,
+        f"| load average 1/5/15 min | before {load_before}, after {load_after} |",
+    ]
+
+
 def report(
     bench: Bench, command: str, started: dt.datetime, load_before: str, load_after: str
 ) -> str:
     a = bench.args
     rows = bench.rows
-    facts = machine_facts()
     out: list[str] = []
     w = out.append
     w("# Foundation benchmark: one node, plain Django, Redis, worker classes\n")
     w(f"Command: `{command}` (what `make bench` runs, from `{ROOT}`)\n")
-    w("| machine | |")
-    w("| --- | --- |")
-    w(f"| date (UTC) | {started:%Y-%m-%d %H:%M:%S} |")
-    w(f"| nproc | {facts['nproc']} ({facts['cpu']}) |")
-    w(f"| python | {facts['python']} ({sys.executable}) |")
-    w(f"| os | {facts['os']} |")
-    w(f"| packages | {facts['packages']} |")
+    facts = machine_facts()
     redis_version = bench.redis_version or "not measured"
-    w(f"| Redis server | {redis_version} on {a.redis_host}:{a.redis_port} |")
-    w(f"| load average 1/5/15 min | before {load_before}, after {load_after} |")
+    redis_row = f"| Redis server | {redis_version} on {a.redis_host}:{a.redis_port} |"
+    out += machine_table(started, load_before, load_after, [redis_row])
     w("")
     pin = (
         "node pinned to CPU 0 and load processes to CPU 1 (taskset / sched_setaffinity)"

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote
 
 import urllib3
 
@@ -173,13 +172,13 @@ class CacheClient:
 
     # -- single keys ------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
-        response = self._request("GET", key, _key_path(key), missing=(404,))
+        response = self._request("GET", key, values.key_path(key), missing=(404,))
         if response is None:
             return default
         return values.client_decode(values.loads(response.data)["value"])
 
     def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
-        response = self._request("GET", key, _key_path(key), missing=(404,))
+        response = self._request("GET", key, values.key_path(key), missing=(404,))
         if response is None:
             return None
         data = values.loads(response.data)
@@ -187,7 +186,7 @@ class CacheClient:
 
     def set(self, key: str, value: Any, ttl: float | None = DEFAULT) -> str:
         """Store ``value``; ``ttl`` seconds, ``None`` = never expires. Returns the version."""
-        response = self._request("PUT", key, _key_path(key), _body(value, ttl))
+        response = self._request("PUT", key, values.key_path(key), _body(value, ttl))
         return values.loads(response.data)["version"]
 
     def add(self, key: str, value: Any, ttl: float | None = DEFAULT) -> bool:
@@ -195,7 +194,7 @@ class CacheClient:
         response = self._request(
             "PUT",
             key,
-            _key_path(key),
+            values.key_path(key),
             _body(value, ttl),
             headers={"If-None-Match": "*"},
             missing=(412,),
@@ -207,7 +206,7 @@ class CacheClient:
         response = self._request(
             "PUT",
             key,
-            _key_path(key),
+            values.key_path(key),
             _body(value, ttl),
             headers={"If-Match": f'"{version}"'},
             missing=(412,),
@@ -216,22 +215,28 @@ class CacheClient:
 
     def gets(self, key: str) -> tuple[Any, str] | None:
         """The value and its version, for ``cas``."""
-        response = self._request("GET", key, _key_path(key), missing=(404,))
+        response = self._request("GET", key, values.key_path(key), missing=(404,))
         if response is None:
             return None
         etag = response.headers.get("ETag", "").strip('"')
         return values.client_decode(values.loads(response.data)["value"]), etag
 
     def delete(self, key: str) -> bool:
-        return self._request("DELETE", key, _key_path(key), ok=(204,), missing=(404,)) is not None
+        return (
+            self._request("DELETE", key, values.key_path(key), ok=(204,), missing=(404,))
+            is not None
+        )
 
     def touch(self, key: str, ttl: float | None) -> bool:
-        return self._request("PATCH", key, _key_path(key), {"ttl": ttl}, missing=(404,)) is not None
+        return (
+            self._request("PATCH", key, values.key_path(key), {"ttl": ttl}, missing=(404,))
+            is not None
+        )
 
     def incr(self, key: str, delta: int = 1) -> int | None:
         """The new value, or None if the key is missing."""
         response = self._request(
-            "POST", key, _key_path(key) + "/incr", {"delta": delta}, missing=(404,)
+            "POST", key, values.key_path(key) + "/incr", {"delta": delta}, missing=(404,)
         )
         return None if response is None else values.loads(response.data)["value"]
 
@@ -321,10 +326,6 @@ def _not_sent(exc: Exception) -> bool:
     return isinstance(
         exc, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
     )
-
-
-def _key_path(key: str) -> str:
-    return "/api/v1/keys/" + quote(key, safe="")
 
 
 def _body(value: Any, ttl: Any) -> dict[str, Any]:

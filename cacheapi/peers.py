@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote
 
 from cacheapi import errors, values
 from cacheapi.store import Entry
@@ -95,7 +94,7 @@ class PeerClient:
     # Single-key operations. Each returns what the local store method would.
     def get(self, node: Any, key: str) -> Entry | None:
         response = self.request(
-            node, "GET", _key_path(key), headers={"Accept": "application/octet-stream"}
+            node, "GET", values.key_path(key), headers={"Accept": "application/octet-stream"}
         )
         if response.status == 404:
             return None
@@ -120,7 +119,7 @@ class PeerClient:
         condition: dict[str, str] | None = None,
     ) -> Version | None:
         body = {"value": values.to_wire(value, binary), "ttl": ttl}
-        response = self.request(node, "PUT", _key_path(key), body, headers=condition)
+        response = self.request(node, "PUT", values.key_path(key), body, headers=condition)
         if response.status == 412:
             return None
         if response.status != 200:
@@ -128,28 +127,24 @@ class PeerClient:
         return _etag_version(response.headers.get("ETag", ""))
 
     def delete(self, node: Any, key: str) -> bool:
-        response = self.request(node, "DELETE", _key_path(key))
+        response = self.request(node, "DELETE", values.key_path(key))
         if response.status in (204, 404):
             return response.status == 204
         raise _relay(node, response)
 
     def touch(self, node: Any, key: str, ttl: float | None) -> bool:
-        response = self.request(node, "PATCH", _key_path(key), {"ttl": ttl})
+        response = self.request(node, "PATCH", values.key_path(key), {"ttl": ttl})
         if response.status in (200, 404):
             return response.status == 200
         raise _relay(node, response)
 
     def incr(self, node: Any, key: str, delta: int) -> tuple[int, Version] | None:
-        response = self.request(node, "POST", _key_path(key) + "/incr", {"delta": delta})
+        response = self.request(node, "POST", values.key_path(key) + "/incr", {"delta": delta})
         if response.status == 404:
             return None
         if response.status != 200:
             raise _relay(node, response)
         return values.loads(response.data)["value"], _etag_version(response.headers.get("ETag", ""))
-
-
-def _key_path(key: str) -> str:
-    return "/api/v1/keys/" + quote(key, safe="")
 
 
 def _etag_version(etag: str) -> Version:

@@ -20,7 +20,7 @@ import orjson
 from cacheapi import errors, values
 from cacheapi.peers import PeerClient, PeerUnavailable
 from cacheapi.store import Entry, Store
-from cacheapi.versions import Version
+from cacheapi.versions import Version, format_version
 from nodes.ring import Ring, RingNode
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,6 @@ class Router:
         *,
         local: bool = False,
     ) -> Version | None:
-        from cacheapi.versions import format_version
-
         node = None if local else self.owner(key)
         if node is None:
             return self.store.cas(key, value, expected, binary=binary, ttl=ttl)

@@ -13,6 +13,7 @@ import binascii
 import json
 import math
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -77,6 +78,11 @@ def dumps(value: Any) -> bytes:
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
         except RecursionError as exc:
             raise ValueError("value is nested too deeply") from exc
+
+
+def key_path(key: str) -> str:
+    """The REST path of a key, percent-encoded (a key may hold "/" and other URL characters)."""
+    return "/api/v1/keys/" + quote(key, safe="")
 
 
 def from_wire(value: Any) -> tuple[bytes, bool]:

@@ -72,6 +72,16 @@ class Cluster:
             n.wait_ready()
         return self
 
+    def __enter__(self) -> Cluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         # Close our connections and signal every node first, so no node's graceful shutdown
         # waits on keep-alive connections held by another node that has not been told yet.

@@ -26,10 +26,8 @@ def cluster(tmp_path_factory):
     cluster = Cluster(
         Registry(f"sqlite:///{log_dir / 'registry.sqlite3'}"), log_dir, 3, CACHE_FORWARD_TIMEOUT="1"
     )
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    with cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -18,21 +19,15 @@ HOPS = {"X-Forwarded-Hops": "1", "X-Cluster-Secret": SECRET}
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def cluster(request, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("cluster")
-    if request.param == "postgres":
-        if not postgres_available():
-            pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432 (user postgres)")
-        database = postgres_database()
-        url = database.__enter__()
-    else:
-        database = None
-        url = f"sqlite:///{log_dir / 'registry.sqlite3'}"
-    cluster = Cluster(Registry(url, CACHE_SECRET=SECRET), log_dir, 3, CACHE_FORWARD_TIMEOUT="2")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-        if database is not None:
-            database.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres":
+            if not postgres_available():
+                pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432 (user postgres)")
+            url = stack.enter_context(postgres_database())
+        else:
+            url = f"sqlite:///{log_dir / 'registry.sqlite3'}"
+        registry = Registry(url, CACHE_SECRET=SECRET)
+        yield stack.enter_context(Cluster(registry, log_dir, 3, CACHE_FORWARD_TIMEOUT="2"))
 
 
 def ring_of(cluster: Cluster) -> Ring:
@@ -210,10 +205,8 @@ def small_cluster(tmp_path):
     cluster = Cluster(
         Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"), tmp_path, 3, CACHE_FORWARD_TIMEOUT="1"
     )
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    with cluster:
+        yield cluster
 
 
 def test_a_dead_owner_fails_only_its_keys(small_cluster):
