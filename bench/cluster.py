@@ -86,10 +86,14 @@ SPOT = 50  # keys read back per path in the correctness checks
 # The profiling pass (py-spy, after the measured items): a sample goes to the first category
 # with a frame containing one of its markers, so nested work is counted where it belongs.
 PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("outbound calls to peers (`PeerClient.request`: the HTTP client)", ("PeerClient.request (",)),
+    (
+        "outbound calls to peers (`PeerClient`, `Pending.result`: the HTTP client)",
+        ("PeerClient.request (", "PeerClient.send (", "Pending.result ("),
+    ),
     ("JSON decode (`values.loads`: digit-run regex + orjson)", ("loads (cacheapi/values.py",)),
     ("ring lookup (`primary`, `group_by_owner`)", ("Ring.group_by_owner (", "Ring.primary (")),
     ("store (`cacheapi/store.py`)", ("(cacheapi/store.py",)),
+    ("internal calls served (`cacheapi.internal`, no Django)", ("InternalApp.__call__ (",)),
     ("DRF + views (auth, parsing, negotiation, rendering)", ("APIView.dispatch (",)),
     ("Django (middleware, URL resolving, signals)", ("WSGIHandler.__call__ (",)),
     ("gunicorn (HTTP parsing, writing answers)", ("AsyncWorker.handle (",)),
@@ -167,7 +171,8 @@ class Cluster:
         return [self.get_json(n, "/api/v1/stats") for n in self.nodes]
 
     def counters(self, action: str) -> tuple[list[int], list[int]]:
-        """Per node: forwards made, and requests of ``action`` served (client + internal)."""
+        """Per node: forwards made, and client requests of ``action`` served (internal calls
+        are counted apart, as ``internal_<op>``)."""
         st = self.stats()
         return [s["forwards"] for s in st], [s["ops"].get(action, 0) for s in st]
 
@@ -236,9 +241,9 @@ class Item:
 
     @property
     def client_requests(self) -> int:
-        """Requests the load generator sent, counted by the nodes: every served request of this
-        action minus the internal ones (each forward is one internal request)."""
-        return sum(self.served) - sum(self.forwards)
+        """Requests the load generator sent, counted by the nodes (internal calls are counted
+        under their own names, so every served request of this action is a client's)."""
+        return sum(self.served)
 
     def round_cpu(self) -> list[float]:
         """CPU ms per 1,000 ops (per 1,000 keys x 100 for batches) of each round."""
@@ -955,10 +960,10 @@ def report(
         "(per key for batches: the same thing, 100 keys an op) by that of the one-node cluster "
         "for the same op. Forwards / client request: the nodes' own `forwards` counters "
         "(`/api/v1/stats`) over the whole item (warm-ups included), divided by the client "
-        "requests the nodes served in that time (served requests of that action minus internal "
-        "ones); a forwarded batch counts one forward per other owner. CPU columns are percent "
-        f"of one core ({facts['nproc']} cores = {100 * (os.cpu_count() or 1)}%); machine busy "
-        "is the share of all cores in use (everything, from `/proc/stat`)."
+        "requests the nodes served in that time (internal calls are counted apart, as "
+        "`internal_<op>`); a forwarded batch counts one forward per other owner. CPU columns "
+        f"are percent of one core ({facts['nproc']} cores = {100 * (os.cpu_count() or 1)}%); "
+        "machine busy is the share of all cores in use (everything, from `/proc/stat`)."
     )
     noisy = [i.label for i in bench.items if (i.result.other_cpu_pct or 0.0) >= NOISY_PCT]
     w(
@@ -1203,7 +1208,7 @@ def observations(bench: ClusterBench) -> list[str]:
                 f"i.e. {coord:.3f} ms more per forward (making the outbound HTTP call and reading "
                 f"the peer's answer); the owners spend {owner:.3f} ms per forwarded "
                 f"request, i.e. {owner / base_ms:.2f}x a client request on a lone node (an "
-                "internal request goes through the whole Django/DRF stack again). Per forwarded "
+                "internal call is served by `cacheapi.internal`, not Django/DRF). Per forwarded "
                 f"op that is {coord + owner:.3f} ms on top of the {base_ms:.3f} ms a direct "
                 "request costs."
             )
@@ -1258,12 +1263,12 @@ def observations(bench: ClusterBench) -> list[str]:
         decode = prof.ms_per_1k([0], PROFILE_RULES[1][0])
         rest_nodes = list(range(1, len(prof.node_cpu)))
         rest_total = sum(1e6 * prof.node_cpu[i] for i in rest_nodes) / prof.ops
-        stack = sum(prof.ms_per_1k(rest_nodes, r[0]) for r in PROFILE_RULES[4:7])
+        stack = sum(prof.ms_per_1k(rest_nodes, r[0]) for r in PROFILE_RULES[4:8])
         lines.append(
             f"Profile of {prof.label} on {top} nodes: n1 spends {peer:,.0f} of its "
             f"{n1_total:,.0f} ms / 1k ops in outbound peer calls and {decode:,.0f} in "
             f"`values.loads`; the owners spend {stack:,.0f} of their {rest_total:,.0f} ms / 1k "
-            "ops in gunicorn + Django + DRF around the store (the store itself: "
+            "ops in gunicorn, Django/DRF and the internal app around the store (the store itself: "
             f"{prof.ms_per_1k(rest_nodes, PROFILE_RULES[3][0]):,.0f})."
         )
     errors = sum(i.result.errors for i in bench.items)

@@ -54,6 +54,7 @@ def gevent_sleep() -> Callable[[float], None] | None:
 
 # Node-to-node calls: the API under these prefixes, sent with the cluster secret and hops.
 PEER_PREFIXES = ("/api/v1/", "/sync")
+INTERNAL_PREFIX = "/internal/"  # store operations between nodes (cacheapi.internal)
 
 
 def is_peer_call(environ: dict[str, Any]) -> bool:
@@ -94,13 +95,22 @@ def peer_handler() -> Any:
 
 
 class PeerShortcut:
-    """Sends node-to-node calls to ``peer_app`` and everything else to ``app``."""
+    """Sends node-to-node calls to ``internal_app`` (store operations under ``/internal/``)
+    or ``peer_app`` (the API with hops and the secret), and everything else to ``app``."""
 
-    def __init__(self, app: Callable[..., Any], peer_app: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        peer_app: Callable[..., Any],
+        internal_app: Callable[..., Any],
+    ) -> None:
         self.app = app
         self.peer_app = peer_app
+        self.internal_app = internal_app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO", "").startswith(INTERNAL_PREFIX):
+            return self.internal_app(environ, start_response)
         if is_peer_call(environ):
             return self.peer_app(environ, start_response)
         return self.app(environ, start_response)

@@ -9,11 +9,13 @@ from cache_project.serving import PeerShortcut, YieldAfterResponse, gevent_sleep
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cache_project.settings")
 
-application: Any = PeerShortcut(get_wsgi_application(), peer_handler())
+django_app = get_wsgi_application()
+
+from cacheapi import node  # noqa: E402 - needs the app registry that get_wsgi_application loads
+
+application: Any = PeerShortcut(django_app, peer_handler(), node.internal_app())
 _sleep = gevent_sleep()
 if _sleep is not None:
     application = YieldAfterResponse(application, _sleep)
-
-from cacheapi import node  # noqa: E402 - needs the app registry that get_wsgi_application loads
 
 node.start_background()

@@ -112,6 +112,11 @@ _DRF_CODES: dict[type[drf.APIException], str] = {
 }
 
 
+def from_store_error(exc: store.StoreError) -> CacheError:
+    """The API error for an error of the store (which knows nothing of HTTP)."""
+    return _STORE_ERRORS.get(type(exc), CacheError)(str(exc))
+
+
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
@@ -143,7 +148,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 def _envelope(exc: Exception) -> Response | None:
     if isinstance(exc, store.StoreError):
-        exc = _STORE_ERRORS.get(type(exc), CacheError)(str(exc))
+        exc = from_store_error(exc)
     if isinstance(exc, CacheError):
         return Response(error_body(exc.code, exc.message), status=exc.status, headers=exc.headers)
     if isinstance(exc, Http404):

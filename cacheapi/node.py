@@ -11,6 +11,8 @@ import logging
 import threading
 from typing import Any
 
+from cacheapi.internal import InternalApp
+from cacheapi.metrics import recorder
 from cacheapi.peers import PeerClient
 from cacheapi.router import Router
 from cacheapi.settings import cluster_settings
@@ -76,6 +78,17 @@ def router() -> Router:
 
 def membership() -> Membership:
     return _get("membership")
+
+
+def internal_app() -> InternalApp:
+    """The WSGI app that serves peers' internal calls on this node's store."""
+    return InternalApp(
+        store,
+        lambda: cluster_settings.SECRET,
+        max_body=lambda: cluster_settings.MAX_REQUEST_BYTES,
+        ring_version=lambda: membership().ring.version,
+        observe=recorder.observe,
+    )
 
 
 def is_draining() -> bool:

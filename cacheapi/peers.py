@@ -8,18 +8,24 @@ Connections are pooled and kept alive per peer; every call has a timeout.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import orjson
 
 from cacheapi import errors, values
+from cacheapi.internal import INTERNAL_HEADER, encode_value
+from cacheapi.internal import PREFIX as INTERNAL_PREFIX
 from cacheapi.store import Entry
-from cacheapi.transport import Response, Transport
-from cacheapi.versions import Version, parse_version
+from cacheapi.transport import Call, Response, Transport
+from cacheapi.versions import Version, format_version, parse_version
 
 log = logging.getLogger(__name__)
 
 HOPS_HEADER = "X-Forwarded-Hops"
 SECRET_HEADER = "X-Cluster-Secret"
 RING_HEADER = "X-Ring-Version"
+T = TypeVar("T")
 
 
 class PeerUnavailable(Exception):
@@ -91,22 +97,40 @@ class PeerClient:
             return values.loads(response.data) if response.data else None
         raise _relay(node, response)
 
-    # Single-key operations. Each returns what the local store method would.
+    # The store operations, as internal calls (``cacheapi.internal``). ``send`` puts a call on
+    # the wire and returns at once; the single-key methods wait for the answer, and a batch
+    # sends to every owner first and then reads the answers (``Router._fan_out``).
+    def send(
+        self, node: Any, op: str, body: dict[str, Any], parse: Callable[[Any, Response], T]
+    ) -> Pending[T]:
+        """Send ``POST /internal/v1/<op>``; raises PeerUnavailable if it cannot be sent."""
+        try:
+            call = self._transport.send(
+                node.url.rstrip("/"),
+                "POST",
+                INTERNAL_PREFIX + op,
+                self._headers(),
+                values.dumps(body),
+            )
+        except OSError as exc:
+            log.warning("internal %s to %s failed: %s", op, node.name, exc)
+            raise PeerUnavailable(node.name, str(exc)) from exc
+        return Pending(node, op, call, parse)
+
     def get(self, node: Any, key: str) -> Entry | None:
-        response = self.request(
-            node, "GET", values.key_path(key), headers={"Accept": "application/octet-stream"}
-        )
+        return self.send(node, "get", {"key": key}, self._parse_get).result()
+
+    def _parse_get(self, node: Any, response: Response) -> Entry | None:
         if response.status == 404:
             return None
         if response.status != 200:
             raise _relay(node, response)
         ttl = response.headers.get("X-TTL", "none")
-        expires_at = None if ttl == "none" else self._now() + float(ttl)
         return Entry(
             value=response.data,
             binary=response.headers.get("X-Value-Type") == "binary",
-            expires_at=expires_at,
-            version=_etag_version(response.headers.get("ETag", "")),
+            expires_at=None if ttl == "none" else self._now() + float(ttl),
+            version=_version(node, response.headers.get("X-Version")),
         )
 
     def set(
@@ -116,39 +140,119 @@ class PeerClient:
         value: bytes,
         binary: bool,
         ttl: float | None,
-        condition: dict[str, str] | None = None,
+        *,
+        if_absent: bool = False,
+        if_version: Version | None = None,
     ) -> Version | None:
-        body = {"value": values.to_wire(value, binary), "ttl": ttl}
-        response = self.request(node, "PUT", values.key_path(key), body, headers=condition)
-        if response.status == 412:
-            return None
-        if response.status != 200:
-            raise _relay(node, response)
-        return _etag_version(response.headers.get("ETag", ""))
+        """Set (or add with ``if_absent``, compare-and-set with ``if_version``); None when
+        the condition does not hold."""
+        body: dict[str, Any] = {
+            "key": key,
+            "value": encode_value(value, binary),
+            "binary": binary,
+            "ttl": ttl,
+        }
+        if if_absent:
+            body["if_absent"] = True
+        if if_version is not None:
+            body["if_version"] = format_version(if_version)
+        return self.send(node, "set", body, _parse_set).result()
 
     def delete(self, node: Any, key: str) -> bool:
-        response = self.request(node, "DELETE", values.key_path(key))
-        if response.status in (204, 404):
-            return response.status == 204
-        raise _relay(node, response)
+        return bool(self.send(node, "delete", {"key": key}, _parse_json).result()["deleted"])
 
     def touch(self, node: Any, key: str, ttl: float | None) -> bool:
-        response = self.request(node, "PATCH", values.key_path(key), {"ttl": ttl})
-        if response.status in (200, 404):
-            return response.status == 200
-        raise _relay(node, response)
+        answer = self.send(node, "touch", {"key": key, "ttl": ttl}, _parse_json).result()
+        return bool(answer["touched"])
 
     def incr(self, node: Any, key: str, delta: int) -> tuple[int, Version] | None:
-        response = self.request(node, "POST", values.key_path(key) + "/incr", {"delta": delta})
-        if response.status == 404:
-            return None
-        if response.status != 200:
-            raise _relay(node, response)
-        return values.loads(response.data)["value"], _etag_version(response.headers.get("ETag", ""))
+        return self.send(node, "incr", {"key": key, "delta": delta}, _parse_incr).result()
+
+    def start_get_many(self, node: Any, keys: list[str]) -> Pending[dict[str, Any]]:
+        """The found keys' wire values (as ``values.to_wire`` makes them), never re-parsed: the
+        stored JSON text goes out as an ``orjson.Fragment``."""
+        return self.send(node, "get_many", {"keys": keys}, _parse_get_many)
+
+    def start_set_many(
+        self, node: Any, items: list[tuple[str, bytes, bool, float | None]]
+    ) -> Pending[int]:
+        body = {"items": [[k, encode_value(v, b), b, ttl] for k, v, b, ttl in items]}
+        return self.send(node, "set_many", body, lambda n, r: int(_parse_json(n, r)["stored"]))
+
+    def start_delete_many(self, node: Any, keys: list[str]) -> Pending[int]:
+        body = {"keys": keys}
+        return self.send(node, "delete_many", body, lambda n, r: int(_parse_json(n, r)["deleted"]))
 
 
-def _etag_version(etag: str) -> Version:
-    return parse_version(etag.strip().removeprefix("W/").strip('"'))
+class Pending(Generic[T]):
+    """An internal call on the wire. ``result()`` waits for the answer (within the call's
+    timeout) and parses it; ``close()`` drops a call whose answer is no longer wanted."""
+
+    __slots__ = ("_call", "_parse", "node", "op")
+
+    def __init__(self, node: Any, op: str, call: Call, parse: Callable[[Any, Response], T]) -> None:
+        self.node = node
+        self.op = op
+        self._call = call
+        self._parse = parse
+
+    def result(self) -> T:
+        try:
+            response = self._call.response()
+        except OSError as exc:
+            log.warning("internal %s to %s failed: %s", self.op, self.node.name, exc)
+            raise PeerUnavailable(self.node.name, str(exc)) from exc
+        if response.headers.get(INTERNAL_HEADER) != "1":
+            raise PeerError(
+                502,
+                "bad_gateway",
+                f"{self.node.name} answered {response.status} to an internal call without "
+                f"{INTERNAL_HEADER}: does it run an older version?",
+            )
+        try:
+            return self._parse(self.node, response)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PeerError(
+                502, "bad_gateway", f"{self.node.name} sent a malformed answer to {self.op}"
+            ) from exc
+
+    def close(self) -> None:
+        self._call.close()
+
+
+def _parse_json(node: Any, response: Response) -> Any:
+    if response.status != 200:
+        raise _relay(node, response)
+    return orjson.loads(response.data)
+
+
+def _parse_set(node: Any, response: Response) -> Version | None:
+    if response.status == 412:
+        return None
+    if response.status != 200:
+        raise _relay(node, response)
+    return _version(node, response.headers.get("X-Version"))
+
+
+def _parse_incr(node: Any, response: Response) -> tuple[int, Version] | None:
+    if response.status == 404:
+        return None
+    answer = _parse_json(node, response)
+    return int(answer["value"]), _version(node, answer["version"])
+
+
+def _parse_get_many(node: Any, response: Response) -> dict[str, Any]:
+    answer = _parse_json(node, response)
+    found: dict[str, Any] = {k: orjson.Fragment(text) for k, text in answer["values"].items()}
+    found.update((k, {"b64": text}) for k, text in answer["binary"].items())
+    return found
+
+
+def _version(node: Any, text: Any) -> Version:
+    try:
+        return parse_version(str(text))
+    except ValueError as exc:
+        raise PeerError(502, "bad_gateway", f"{node.name} sent a bad write version") from exc
 
 
 def _relay(node: Any, response: Response) -> errors.CacheError:

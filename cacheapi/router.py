@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from cacheapi import errors, values
-from cacheapi.peers import PeerClient, PeerUnavailable
+from cacheapi.peers import PeerClient, PeerUnavailable, Pending
 from cacheapi.store import Entry, Store
-from cacheapi.versions import Version, format_version
+from cacheapi.versions import Version
 from nodes.ring import Ring, RingNode
 
 log = logging.getLogger(__name__)
@@ -107,8 +105,9 @@ class Router:
         node = None if local else self.owner(key)
         if node is None:
             return self.store.add(key, value, binary=binary, ttl=ttl)
-        condition = {"If-None-Match": "*"}
-        return self._call("add", node, lambda p: p.set(node, key, value, binary, ttl, condition))
+        return self._call(
+            "add", node, lambda p: p.set(node, key, value, binary, ttl, if_absent=True)
+        )
 
     def cas(
         self,
@@ -123,8 +122,9 @@ class Router:
         node = None if local else self.owner(key)
         if node is None:
             return self.store.cas(key, value, expected, binary=binary, ttl=ttl)
-        condition = {"If-Match": f'"{format_version(expected)}"'}
-        return self._call("cas", node, lambda p: p.set(node, key, value, binary, ttl, condition))
+        return self._call(
+            "cas", node, lambda p: p.set(node, key, value, binary, ttl, if_version=expected)
+        )
 
     def delete(self, key: str, *, local: bool = False) -> bool:
         node = None if local else self.owner(key)
@@ -150,13 +150,15 @@ class Router:
         op: str,
         keys: Iterable[str],
         local_fn: Callable[[list[str]], Any],
-        remote_fn: Callable[[PeerClient, RingNode, list[str]], Any],
+        remote_fn: Callable[[PeerClient, RingNode, list[str]], Pending[Any]],
         *,
         local: bool,
     ) -> tuple[list[tuple[list[str], Any]], list[str]]:
         """Run ``local_fn`` on this node's keys and ``remote_fn`` per other owner.
 
-        Returns ([(keys, result)], failed keys)."""
+        Every remote part is sent before any answer is read, so the owners work in parallel
+        (and in parallel with the local part) without a thread per part; each answer is read
+        within its own timeout. Returns ([(keys, result)], failed keys)."""
         if local:
             keys = list(keys)
             return [(keys, local_fn(keys))], []
@@ -167,22 +169,32 @@ class Router:
             log.warning("batch %s: the ring has no live node; %d keys failed", op, len(keys))
             return [], keys
         mine = groups.pop(self.node, None)
-        pending: list[tuple[list[str], RingNode, Future[Any]]] = []
-        for name, group in groups.items():
-            node = ring.node(name)
-            assert node is not None
-            peers = self._remote(op, node)
-            pending.append((group, node, self._pool().submit(remote_fn, peers, node, group)))
         results: list[tuple[list[str], Any]] = []
         failed: list[str] = []
-        if mine:
-            results.append((mine, local_fn(mine)))
-        for group, node, future in pending:
-            try:
-                results.append((group, future.result()))
-            except (PeerUnavailable, errors.CacheError, values.DecodeError) as exc:
-                log.warning("batch %s on %s failed for %d keys: %s", op, node.name, len(group), exc)
-                failed.extend(group)
+        pending: list[tuple[list[str], Pending[Any]]] = []
+        try:
+            for name, group in groups.items():
+                node = ring.node(name)
+                assert node is not None
+                try:
+                    pending.append((group, remote_fn(self._remote(op, node), node, group)))
+                except (PeerUnavailable, errors.CacheError) as exc:
+                    log.warning("batch %s on %s failed for %d keys: %s", op, name, len(group), exc)
+                    failed.extend(group)
+            if mine:
+                results.append((mine, local_fn(mine)))
+            while pending:
+                group, part = pending.pop(0)
+                try:
+                    results.append((group, part.result()))
+                except (PeerUnavailable, errors.CacheError) as exc:
+                    log.warning(
+                        "batch %s on %s failed for %d keys: %s", op, part.node.name, len(group), exc
+                    )
+                    failed.extend(group)
+        finally:
+            for _, part in pending:  # unread when the local part raised
+                part.close()
         return results, failed
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -216,15 +228,13 @@ class Router:
             found = self.store.get_many(group)
             return {k: values.to_wire(e.value, e.binary) for k, e in found.items()}
 
-        def there(peers: PeerClient, node: RingNode, group: list[str]) -> dict[str, Any]:
-            found = peers.call(node, "POST", "/api/v1/batch/get", {"keys": group})["values"]
-            # Re-encode each value on its own: the answer mixes these with this node's
-            # orjson Fragments, and a value orjson cannot encode (an integer beyond 64 bits,
-            # deep nesting) would send the whole answer to the json fallback, which cannot
-            # encode Fragments.
-            return {k: orjson.Fragment(values.dumps(v)) for k, v in found.items()}
-
-        results, failed = self._fan_out("get_many", keys, here, there, local=local)
+        results, failed = self._fan_out(
+            "get_many",
+            keys,
+            here,
+            lambda p, node, group: p.start_get_many(node, group),
+            local=local,
+        )
         found: dict[str, Any] = {}
         for _, part in results:
             found.update(part)
@@ -244,27 +254,18 @@ class Router:
             )
             return sum(1 for v in stored if v is not None)
 
-        def there(peers: PeerClient, node: RingNode, group: list[str]) -> int:
-            body = {
-                "items": [
-                    {
-                        "key": k,
-                        "value": values.to_wire(by_key[k][1], by_key[k][2]),
-                        "ttl": by_key[k][3],
-                    }
-                    for k in group
-                ]
-            }
-            return int(peers.call(node, "POST", "/api/v1/batch/set", body)["stored"])
+        def there(peers: PeerClient, node: RingNode, group: list[str]) -> Pending[int]:
+            return peers.start_set_many(node, [by_key[k] for k in group])
 
         results, failed = self._fan_out("set_many", list(by_key), here, there, local=local)
         return BatchResult(count=sum(n for _, n in results), failed=failed)
 
     def delete_many(self, keys: Sequence[str], *, local: bool = False) -> BatchResult:
-        def there(peers: PeerClient, node: RingNode, group: list[str]) -> int:
-            return int(peers.call(node, "POST", "/api/v1/batch/delete", {"keys": group})["deleted"])
-
         results, failed = self._fan_out(
-            "delete_many", keys, self.store.delete_many, there, local=local
+            "delete_many",
+            keys,
+            self.store.delete_many,
+            lambda p, node, group: p.start_delete_many(node, group),
+            local=local,
         )
         return BatchResult(count=sum(n for _, n in results), failed=failed)

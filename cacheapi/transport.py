@@ -68,11 +68,21 @@ class _Connection:
 
     def dropped(self) -> bool:
         """Readable while idle means the peer closed it (or sent junk): not reusable."""
-        try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket):  # TLS cannot peek; ask the poller
+            try:
+                readable, _, _ = select.select([sock], [], [], 0)
+            except (OSError, ValueError):
+                return True
+            return bool(readable)
+        try:  # one non-blocking peek: cheaper than select, above all under gevent
+            sock.settimeout(0)
+            sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False  # nothing to read: still open
+        except OSError:
             return True
-        return bool(readable)
+        return True  # b"" (closed by the peer) or bytes nobody asked for
 
 
 class Pool:
@@ -118,9 +128,11 @@ class Pool:
                 return
         conn.close()
 
-    def request(
+    def send(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
-    ) -> Response:
+    ) -> Call:
+        """Send a request now; its answer is read by ``Call.response()``. Several calls sent
+        before any answer is read run on their peers in parallel, with no thread per call."""
         head = [f"{method} {path} HTTP/1.1".encode("latin-1"), b"Host: " + self.host_header]
         head += [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
         head.append(b"Content-Length: %d" % len(body or b""))
@@ -129,24 +141,59 @@ class Pool:
             conn = self._checkout()
         except OSError as exc:  # refused, unreachable, connect timeout, TLS handshake
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
+        deadline = time.monotonic() + self.timeout
         try:
-            deadline = time.monotonic() + self.timeout
             conn.sock.sendall(payload)
-            response, keep = _read_response(_DeadlineReader(conn, deadline), method)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             conn.close()
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
-        if keep:
-            self._checkin(conn)
-        else:
-            conn.close()
-        return response
+        return Call(self, conn, method, deadline)
+
+    def request(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Response:
+        return self.send(method, path, headers, body).response()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class Call:
+    """A request on the wire. ``response()`` reads its answer (within the timeout counted from
+    the send) and gives the connection back; ``close()`` drops a call that will not be read."""
+
+    __slots__ = ("_conn", "_deadline", "_method", "_pool")
+
+    def __init__(self, pool: Pool, conn: _Connection, method: str, deadline: float) -> None:
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self._method = method
+        self._deadline = deadline
+
+    def response(self) -> Response:
+        conn = self._conn
+        if conn is None:
+            raise TransportError("this call's answer was already read or dropped")
+        self._conn = None
+        pool = self._pool
+        try:
+            response, keep = _read_response(_DeadlineReader(conn, self._deadline), self._method)
+        except (OSError, ValueError) as exc:
+            conn.close()
+            raise TransportError(f"{pool.host}:{pool.port}: {exc}") from exc
+        if keep:
+            pool._checkin(conn)
+        else:
+            conn.close()
+        return response
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class _DeadlineReader:
@@ -253,6 +300,16 @@ class Transport:
         body: bytes | None = None,
     ) -> Response:
         return self.pool(base_url).request(method, path, headers, body)
+
+    def send(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+    ) -> Call:
+        return self.pool(base_url).send(method, path, headers, body)
 
     def close(self) -> None:
         with self._lock:

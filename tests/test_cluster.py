@@ -145,6 +145,34 @@ def test_an_internal_request_is_never_forwarded_again(cluster):
     assert after["n2"] == before["n2"]
     assert after["n3"] == before["n3"]
     assert local_read(cluster, owner, key).json()["value"] == "v"
+    # That forward reached n3 as an internal call, which n3 counts as one.
+    assert cluster.stats(owner)["ops"]["internal_get"] >= 1
+
+
+def test_internal_calls_need_the_secret_and_are_served_locally(cluster):
+    ring = ring_of(cluster)
+    key = next(f"int-{i}" for i in range(100) if ring.primary(f"int-{i}").name == "n3")
+    entry = cluster.node("n1")
+    assert cluster.put(entry, f"/api/v1/keys/{key}", {"value": 1}).status_code == 200
+    url = f"{entry.url}/internal/v1/get"
+    # A client's API key is not the cluster secret.
+    r = cluster.session.post(url, json={"key": key}, timeout=5)
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "forbidden"
+    r = cluster.session.post(url, json={"key": key}, headers={"X-Cluster-Secret": "x"}, timeout=5)
+    assert r.status_code == 403
+    # With the secret: n1's own store only (n3 owns the key), and n1 calls nobody.
+    before = cluster.stats(entry)["forwards"]
+    r = cluster.session.post(
+        url, json={"key": key}, headers={"X-Cluster-Secret": SECRET}, timeout=5
+    )
+    assert r.status_code == 404
+    assert r.headers["X-Cache-Internal"] == "1"
+    assert cluster.stats(entry)["forwards"] == before
+    owner_url = f"{cluster.node('n3').url}/internal/v1/get"
+    r = cluster.session.post(owner_url, json={"key": key}, headers=HOPS, timeout=5)
+    assert r.status_code == 200
+    assert r.content == b"1"
 
 
 def test_cluster_stats_sum_every_node(cluster):

@@ -88,7 +88,7 @@ def test_peer_calls_skip_the_middleware_and_clients_do_not():
     from cacheapi.settings import cluster_settings
 
     node.store().set("k", b'{"a":1}')
-    app = PeerShortcut(get_wsgi_application(), peer_handler())
+    app = PeerShortcut(get_wsgi_application(), peer_handler(), node.internal_app())
     secret = cluster_settings.SECRET
 
     status, headers, body = _call(
@@ -115,3 +115,24 @@ def test_peer_calls_skip_the_middleware_and_clients_do_not():
     )
     assert status == 200
     assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_internal_paths_go_to_the_internal_app_whatever_the_headers():
+    from cache_project.serving import PeerShortcut
+
+    seen = []
+
+    def app(name):
+        def serve(environ, start_response):
+            seen.append(name)
+            return [b""]
+
+        return serve
+
+    shortcut = PeerShortcut(app("django"), app("peer"), app("internal"))
+    shortcut(_environ("/internal/v1/get"), None)  # no secret: the internal app refuses it
+    shortcut(_environ("/internal/v1/get", x_cluster_secret="s", x_forwarded_hops="1"), None)
+    shortcut(_environ("/api/v1/keys/k", x_cluster_secret="s", x_forwarded_hops="1"), None)
+    shortcut(_environ("/api/v1/keys/k"), None)
+    shortcut(_environ("/admin/internal/v1/get"), None)
+    assert seen == ["internal", "internal", "peer", "django", "django"]

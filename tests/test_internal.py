@@ -1,0 +1,470 @@
+"""Node-to-node store calls: the owner's WSGI app (``cacheapi.internal``) called directly, and
+the coordinator's ``PeerClient`` against that app served over real HTTP on a local port."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cacheapi import errors
+from cacheapi.internal import INTERNAL_HEADER, InternalApp, decode_value, encode_value
+from cacheapi.peers import PeerClient, PeerError, PeerUnavailable
+from cacheapi.store import Store
+from cacheapi.versions import format_version, parse_version
+from nodes.ring import RingNode
+from tests.clocks import FakeClock
+
+SECRET = "peer-secret"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> Store:
+    return Store(max_bytes=1 << 20, max_items=10_000, node="owner", clock=clock)
+
+
+@pytest.fixture
+def observed() -> list[tuple[str, bool]]:
+    return []
+
+
+@pytest.fixture
+def app(store: Store, observed: list[tuple[str, bool]]) -> InternalApp:
+    return InternalApp(
+        lambda: store,
+        lambda: SECRET,
+        max_body=lambda: 10_000,
+        ring_version=lambda: 7,
+        observe=lambda op, seconds, error: observed.append((op, error)),
+    )
+
+
+def call(
+    app: InternalApp,
+    op: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    method: str = "POST",
+    secret: str | None = SECRET,
+    chunked: bool = False,
+) -> tuple[int, dict[str, str], bytes]:
+    data = raw if raw is not None else (b"" if body is None else orjson.dumps(body))
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": f"/internal/v1/{op}",
+        "wsgi.input": io.BytesIO(data),
+    }
+    if chunked:
+        environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+    else:
+        environ["CONTENT_LENGTH"] = str(len(data))
+    if secret is not None:
+        environ["HTTP_X_CLUSTER_SECRET"] = secret
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        seen["status"] = int(status.split()[0])
+        seen["headers"] = dict(headers)
+
+    out = b"".join(app(environ, start_response))
+    assert seen["headers"][INTERNAL_HEADER] == "1"  # every answer, errors included
+    assert seen["headers"]["Content-Length"] == str(len(out))
+    return seen["status"], seen["headers"], out
+
+
+def error_code(body: bytes) -> str:
+    return orjson.loads(body)["error"]["code"]
+
+
+# --------------------------------------------------------------------------- the owner's app
+
+
+@pytest.mark.parametrize("secret", [None, "", "wrong", "peer-secret-but-longer", "péer"])
+def test_a_call_without_the_right_secret_is_forbidden_and_changes_nothing(app, store, secret):
+    status, _, body = call(app, "set", {"key": "k", "value": "1", "binary": False}, secret=secret)
+    assert status == 403
+    assert error_code(body) == "forbidden"
+    assert store.peek("k") is None
+
+
+def test_unknown_operation_is_404_and_other_methods_405(app):
+    status, headers, body = call(app, "flushall", {})
+    assert (status, error_code(body)) == (404, "not_found")
+    assert headers["X-Ring-Version"] == "7"
+    status, _, body = call(app, "get", {"key": "k"}, method="GET")
+    assert (status, error_code(body)) == (405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{", "bad_json"),
+        (b"[1, 2]", "invalid_request"),
+        (b'{"key": "k"} trailing', "bad_json"),
+        (b"NaN", "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+    ],
+)
+def test_a_malformed_body_is_a_400(app, raw, code):
+    status, _, body = call(app, "get", raw=raw)
+    assert (status, error_code(body)) == (400, code)
+
+
+def test_bodies_over_the_limit_are_refused_unread(app, store):
+    big = orjson.dumps({"key": "k", "value": "x" * 20_000, "binary": False, "ttl": None})
+    status, _, body = call(app, "set", raw=big)
+    assert (status, error_code(body)) == (413, "request_too_large")
+    status, _, body = call(app, "set", raw=big, chunked=True)
+    assert (status, error_code(body)) == (413, "request_too_large")
+    assert store.peek("k") is None
+
+
+def test_a_body_needs_a_length(app):
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/internal/v1/get",
+        "wsgi.input": io.BytesIO(b'{"key":"k"}'),
+        "HTTP_X_CLUSTER_SECRET": SECRET,
+    }
+    seen = {}
+    body = b"".join(app(environ, lambda status, headers: seen.update(status=status)))
+    assert seen["status"].startswith("411")
+    assert error_code(body) == "length_required"
+    environ["CONTENT_LENGTH"] = "12x"
+    environ["wsgi.input"] = io.BytesIO(b"")
+    body = b"".join(app(environ, lambda status, headers: seen.update(status=status)))
+    assert seen["status"].startswith("400")
+
+
+def test_get_answers_the_stored_bytes_with_type_ttl_and_version(app, store, clock):
+    version = store.set("k", b'{"a":[1,2]}', ttl=30)
+    clock.advance(10)
+    status, headers, body = call(app, "get", {"key": "k"})
+    assert status == 200
+    assert body == b'{"a":[1,2]}'
+    assert headers["X-Value-Type"] == "json"
+    assert float(headers["X-TTL"]) == pytest.approx(20)
+    assert parse_version(headers["X-Version"]) == version
+
+    store.set("b", b"\x00\xff", binary=True)
+    status, headers, body = call(app, "get", {"key": "b"})
+    assert (status, body, headers["X-Value-Type"], headers["X-TTL"]) == (
+        200,
+        b"\x00\xff",
+        "binary",
+        "none",
+    )
+
+
+def test_get_of_a_missing_or_expired_key_is_404(app, store, clock):
+    store.set("k", b"1", ttl=5)
+    clock.advance(5)
+    for key in ("k", "never"):
+        status, _, body = call(app, "get", {"key": key})
+        assert (status, error_code(body)) == (404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"value": "1", "binary": False}, 400, "invalid_key"),
+        ({"key": "", "value": "1", "binary": False}, 400, "invalid_key"),
+        ({"key": "a b", "value": "1", "binary": False}, 400, "invalid_key"),
+        ({"key": 5, "value": "1", "binary": False}, 400, "invalid_key"),
+        ({"key": "k", "binary": False}, 400, "invalid_value"),
+        ({"key": "k", "value": 1, "binary": False}, 400, "invalid_value"),
+        ({"key": "k", "value": "1", "binary": "no"}, 400, "invalid_value"),
+        ({"key": "k", "value": "***", "binary": True}, 400, "invalid_value"),
+        ({"key": "k", "value": "1", "binary": False, "ttl": -1}, 400, "invalid_ttl"),
+        ({"key": "k", "value": "1", "binary": False, "ttl": "5"}, 400, "invalid_ttl"),
+        ({"key": "k", "value": "1", "binary": False, "if_absent": 1}, 400, "invalid_request"),
+        (
+            {"key": "k", "value": "1", "binary": False, "if_absent": True, "if_version": "1-0-n"},
+            400,
+            "invalid_request",
+        ),
+        ({"key": "k", "value": "1", "binary": False, "if_version": "v7"}, 400, "invalid_request"),
+        ({"key": "k", "value": "x" * 9_000, "binary": False}, 413, "value_too_large"),
+    ],
+)
+def test_a_bad_set_is_a_4xx_and_stores_nothing(app, store, settings, body, status, code):
+    settings.CACHE_CLUSTER = {"MAX_VALUE_BYTES": 8_000}
+    got_status, _, got = call(app, "set", body)
+    assert (got_status, error_code(got)) == (status, code)
+    assert store.peek("k") is None
+
+
+def test_set_stores_the_text_as_is_and_answers_the_version(app, store, clock):
+    status, headers, body = call(
+        app, "set", {"key": "k", "value": '{"n":123456789012345678901234567890}', "binary": False}
+    )
+    assert status == 200
+    entry = store.peek("k")
+    assert entry.value == b'{"n":123456789012345678901234567890}'  # exact, never re-encoded
+    assert entry.expires_at is None  # no ttl: the coordinator already applied the default
+    assert orjson.loads(body)["version"] == headers["X-Version"] == format_version(entry.version)
+
+    blob = bytes(range(256))
+    call(app, "set", {"key": "b", "value": encode_value(blob, True), "binary": True, "ttl": 9})
+    assert (store.peek("b").value, store.peek("b").binary) == (blob, True)
+    assert store.peek("b").expires_at == clock.now + 9
+
+
+def test_set_conditions_add_and_compare_and_set(app, store):
+    body = {"key": "k", "value": "1", "binary": False}
+    assert call(app, "set", {**body, "if_absent": True})[0] == 200
+    status, _, answer = call(app, "set", {**body, "value": "2", "if_absent": True})
+    assert (status, error_code(answer)) == (412, "precondition_failed")
+    current = format_version(store.peek("k").version)
+    status, _, _ = call(app, "set", {**body, "value": "3", "if_version": current})
+    assert status == 200
+    assert store.peek("k").value == b"3"
+    status, _, _ = call(app, "set", {**body, "value": "4", "if_version": current})
+    assert status == 412
+    assert store.peek("k").value == b"3"
+
+
+def test_delete_touch_and_incr(app, store, clock):
+    store.set("n", b"41", ttl=100)
+    assert orjson.loads(call(app, "incr", {"key": "n", "delta": 1})[2])["value"] == 42
+    assert store.peek("n").value == b"42"
+    status, _, body = call(app, "incr", {"key": "n", "delta": 2**63})
+    assert (status, error_code(body)) == (400, "invalid_request")
+    status, _, body = call(app, "incr", {"key": "missing"})
+    assert (status, error_code(body)) == (404, "not_found")
+    store.set("text", b'"abc"')
+    status, _, body = call(app, "incr", {"key": "text"})
+    assert (status, error_code(body)) == (409, "not_integer")
+
+    assert orjson.loads(call(app, "touch", {"key": "n", "ttl": 5})[2]) == {"touched": True}
+    assert store.peek("n").expires_at == clock.now + 5
+    assert orjson.loads(call(app, "touch", {"key": "nope", "ttl": 5})[2]) == {"touched": False}
+    status, _, body = call(app, "touch", {"key": "n"})
+    assert (status, error_code(body)) == (400, "invalid_ttl")
+
+    assert orjson.loads(call(app, "delete", {"key": "n"})[2]) == {"deleted": True}
+    assert orjson.loads(call(app, "delete", {"key": "n"})[2]) == {"deleted": False}
+
+
+def test_batches(app, store):
+    items = [
+        ["a", "1", False, None],
+        ["b", encode_value(b"\x01", True), True, 60],
+        ["c", "[]", False, None],
+    ]
+    assert orjson.loads(call(app, "set_many", {"items": items})[2]) == {"stored": 3}
+    answer = orjson.loads(call(app, "get_many", {"keys": ["a", "b", "c", "zz", "a"]})[2])
+    assert answer == {"values": {"a": "1", "c": "[]"}, "binary": {"b": "AQ=="}}
+    assert orjson.loads(call(app, "delete_many", {"keys": ["a", "zz"]})[2]) == {"deleted": 1}
+    assert store.peek("a") is None
+    assert store.peek("c") is not None
+
+
+@pytest.mark.parametrize(
+    ("op", "body", "status", "code"),
+    [
+        ("set_many", {"items": "x"}, 400, "invalid_request"),
+        (
+            "set_many",
+            {"items": [["a", "1", False, None], ["b", "1", False]]},
+            400,
+            "invalid_request",
+        ),
+        ("set_many", {"items": [["a", "1", False, None], {"key": "b"}]}, 400, "invalid_request"),
+        (
+            "set_many",
+            {"items": [["a", "1", False, None], ["b c", "1", False, None]]},
+            400,
+            "invalid_key",
+        ),
+        (
+            "set_many",
+            {"items": [["a", "1", False, None], ["b", "1", False, 0]]},
+            400,
+            "invalid_ttl",
+        ),
+        ("set_many", {"items": [["a", "1", False, None]] * 6}, 413, "batch_too_large"),
+        ("get_many", {"keys": "a"}, 400, "invalid_request"),
+        ("get_many", {"keys": ["a", 1]}, 400, "invalid_key"),
+        ("delete_many", {"keys": ["a"] * 6}, 413, "batch_too_large"),
+    ],
+)
+def test_a_bad_batch_is_a_4xx_and_changes_nothing(app, store, settings, op, body, status, code):
+    settings.CACHE_CLUSTER = {"MAX_BATCH_KEYS": 5}
+    store.set("a", b"0")
+    got_status, _, got = call(app, op, body)
+    assert (got_status, error_code(got)) == (status, code)
+    assert store.peek("a").value == b"0"
+    assert store.peek("b") is None
+
+
+def test_each_call_is_recorded_under_its_internal_name(app, store, observed):
+    store.set("k", b"1")
+    call(app, "get", {"key": "k"})
+    call(app, "get", {"key": "nope"})
+    call(app, "get_many", {"keys": ["k"]})
+    call(app, "nope", {})
+    assert observed == [
+        ("internal_get", False),
+        ("internal_get", False),
+        ("internal_get_many", False),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=64).map(lambda b: (b, True)),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+            max_leaves=8,
+        ).map(lambda v: (json.dumps(v, ensure_ascii=False).encode(), False)),
+    )
+)
+def test_values_cross_as_they_are_stored(pair):
+    value, binary = pair
+    assert decode_value(encode_value(value, binary), binary) == (value, binary)
+
+
+# --------------------------------------------------------------------------- PeerClient over HTTP
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def served(app: InternalApp) -> Iterator[RingNode]:
+    """The owner's app on a real local port (wsgiref, one thread)."""
+    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield RingNode(name="owner", url=f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+@pytest.fixture
+def peers(clock: FakeClock) -> PeerClient:
+    return PeerClient(secret=SECRET, timeout=2.0, clock_now=clock)
+
+
+def test_peer_client_single_key_calls_round_trip(served, peers, store, clock):
+    big = b'{"n":123456789012345678901234567890}'
+    version = peers.set(served, "k", big, False, 30.0)
+    assert store.peek("k").value == big
+    assert store.peek("k").version == version
+    entry = peers.get(served, "k")
+    assert (entry.value, entry.binary, entry.version) == (big, False, version)
+    assert entry.expires_at == pytest.approx(clock.now + 30)
+    assert peers.get(served, "missing") is None
+
+    assert peers.set(served, "k", b"2", False, None, if_absent=True) is None
+    assert peers.set(served, "new", b"\x00", True, None, if_absent=True) is not None
+    assert store.peek("new").binary
+    assert peers.set(served, "k", b"3", False, None, if_version=version) is not None
+    assert peers.set(served, "k", b"4", False, None, if_version=version) is None
+    assert store.peek("k").value == b"3"
+
+    store.set("n", b"1")
+    value, _ = peers.incr(served, "n", 5)
+    assert value == 6
+    assert store.peek("n").value == b"6"
+    assert peers.incr(served, "missing", 1) is None
+
+
+def test_peer_client_relays_errors_with_their_status(served, peers, store):
+    store.set("text", b'"abc"')
+    with pytest.raises(PeerError) as info:
+        peers.incr(served, "text", 1)
+    assert (info.value.status, info.value.code) == (409, "not_integer")
+    assert isinstance(info.value, errors.CacheError)
+    assert peers.touch(served, "text", 5.0) is True
+    assert peers.delete(served, "text") is True
+    assert peers.delete(served, "text") is False
+    assert peers.touch(served, "text", 5.0) is False
+
+
+def test_peer_client_batches_send_first_and_read_later(served, peers, store):
+    store.set("old", b"0")
+    items = [("a", b"1", False, None), ("b", b"\x02", True, 10.0), ("c", b'{"x":[]}', False, None)]
+    # Both calls are on the wire before either answer is read (two pooled connections).
+    writing = peers.start_set_many(served, items)
+    deleting = peers.start_delete_many(served, ["old", "zz"])
+    assert (writing.result(), deleting.result()) == (3, 1)
+    found = peers.start_get_many(served, ["a", "b", "c", "zz"]).result()
+    assert set(found) == {"a", "b", "c"}
+    assert orjson.loads(orjson.dumps(found)) == {"a": 1, "b": {"b64": "Ag=="}, "c": {"x": []}}
+    assert isinstance(found["a"], orjson.Fragment)  # stored text, embedded without a parse
+    assert store.peek("b").expires_at is not None
+
+
+def test_an_unread_call_can_be_dropped(served, peers, store):
+    pending = peers.start_get_many(served, ["a"])
+    pending.close()
+    pending.close()  # twice is harmless
+    with pytest.raises(PeerUnavailable):
+        pending.result()
+    assert peers.start_get_many(served, ["a"]).result() == {}  # the pool still works
+
+
+def test_a_wrong_secret_is_relayed_as_403(served, clock):
+    wrong = PeerClient(secret="nope", timeout=2.0, clock_now=clock)
+    with pytest.raises(PeerError) as info:
+        wrong.get(served, "k")
+    assert (info.value.status, info.value.code) == (403, "forbidden")
+
+
+def test_an_answer_from_something_else_is_a_bad_gateway(peers):
+    """A node that does not serve /internal/v1/ (an older version) answers 404 without the
+    protocol header: that must not read as "key missing"."""
+
+    def not_internal(environ, start_response):
+        body = b'{"error":{"code":"not_found","message":"Not found."}}'
+        start_response("404 Not Found", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = make_server("127.0.0.1", 0, not_internal, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        old = RingNode(name="old", url=f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(PeerError) as info:
+            peers.get(old, "k")
+        assert (info.value.status, info.value.code) == (502, "bad_gateway")
+        assert "older version" in str(info.value)
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def test_a_node_that_refuses_is_unavailable(peers):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        dead = RingNode(name="dead", url=f"http://127.0.0.1:{port}")
+        with pytest.raises(PeerUnavailable):
+            peers.get(dead, "k")
+        with pytest.raises(PeerUnavailable):
+            peers.start_get_many(dead, ["k"])
