@@ -21,6 +21,10 @@ accesslog = os.environ.get("CACHE_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = f"cache-node-{os.environ.get('CACHE_NODE_NAME', 'n1')}"
+# gunicorn's control socket (gunicornc) defaults to one path per user, so several nodes on one
+# machine would take it from each other (and log errors); it can also change the worker count,
+# which a node must not do. Nodes are managed through the registry and signals instead.
+control_socket_disable = True
 certfile = os.environ.get("CACHE_TLS_CERTFILE") or None
 keyfile = os.environ.get("CACHE_TLS_KEYFILE") or None
 

@@ -95,3 +95,24 @@ def test_gunicorn_refuses_workers_from_the_environment(registry, tmp_path):
         assert "refusing to start a cache node with 3 workers" in proc.log()
     finally:
         proc.stop()
+
+
+def test_nodes_on_one_machine_open_no_gunicorn_control_socket(registry, tmp_path):
+    """gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
+    two nodes would take it from each other and log errors, and it can change the worker
+    count. Nodes run without it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": ""}
+    first = NodeProcess(registry, "n1", tmp_path, **env)
+    second = NodeProcess(registry, "n2", tmp_path, **env)
+    try:
+        first.start().wait_ready()
+        second.start().wait_ready()
+    finally:
+        second.stop()
+        first.stop()
+    assert not (home / ".gunicorn").exists()
+    for node in (first, second):
+        assert "Control server" not in node.log()
+        assert "[ERROR]" not in node.log()
