@@ -98,7 +98,7 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("Django (middleware, URL resolving, signals)", ("WSGIHandler.__call__ (",)),
     ("gunicorn (HTTP parsing, writing answers)", ("AsyncWorker.handle (",)),
 ]
-PROFILE_OTHER = "gevent hub, sockets, fan-out threads, other"
+PROFILE_OTHER = "gevent hub, sockets, other"
 
 
 # --------------------------------------------------------------------------- a cluster

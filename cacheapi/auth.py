@@ -113,7 +113,16 @@ def _load_principal(raw: str) -> Principal | None:
 
 
 def is_cluster_secret(presented: str) -> bool:
-    return hmac.compare_digest(presented.encode(), cluster_settings.SECRET.encode())
+    return secrets_match(presented, cluster_settings.SECRET)
+
+
+def secrets_match(presented: str, secret: str) -> bool:
+    """Constant-time comparison; an empty configured secret matches nothing."""
+    if not secret:
+        return False
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass")
+    )
 
 
 def presented_key(meta: dict[str, Any]) -> str | None:

@@ -45,9 +45,9 @@ DEV_SECRET_PREFIX = "dev-insecure-"
 def check_cluster_secret(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     from django.conf import settings
 
-    if os.environ.get("CACHE_SECRET") or (getattr(settings, "CACHE_CLUSTER", {}) or {}).get(
-        "SECRET"
-    ):
+    if (os.environ.get("CACHE_SECRET") or "").strip() or (
+        getattr(settings, "CACHE_CLUSTER", {}) or {}
+    ).get("SECRET"):
         return []
     if settings.SECRET_KEY.startswith(DEV_SECRET_PREFIX):
         return [

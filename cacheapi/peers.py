@@ -1,8 +1,11 @@
 """Calls from a coordinating node to the other nodes of the ring.
 
-Every call is an *internal request*: it carries the cluster secret and ``X-Forwarded-Hops: 1``,
-so the callee serves it from its own store and never forwards it again (DESIGN.md, Data path).
-Connections are pooled and kept alive per peer; every call has a timeout.
+Every call is an *internal request*: it carries the cluster secret, and the callee serves it
+from its own store and never calls another node (docs/architecture.md, the request path). Store
+operations go to the owner's internal app (``POST /internal/v1/<op>``, ``cacheapi.internal``);
+calls that need the full view (cluster stats, flush) go to the public API with
+``X-Forwarded-Hops: 1``, which tells the views to serve them locally. Connections are pooled and
+kept alive per peer; every call has a timeout.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ HOPS_HEADER = "X-Forwarded-Hops"
 SECRET_HEADER = "X-Cluster-Secret"
 RING_HEADER = "X-Ring-Version"
 T = TypeVar("T")
+
+# Answers that say the call itself was wrong (secret, path, method, framing), not the key or
+# value: a coordinator reports them as a bad gateway, never as the client's own mistake.
+_CALL_ERRORS = frozenset(
+    {"forbidden", "unknown_operation", "method_not_allowed", "length_required", "bad_json"}
+)
 
 
 class PeerUnavailable(Exception):
@@ -60,42 +69,27 @@ class PeerClient:
         self._now = clock_now  # the store's clock, to turn a remaining TTL into expires_at
         self._ring_version = ring_version
         self.timeout = timeout
+        self._internal_headers = {SECRET_HEADER: secret, "Content-Type": "application/json"}
 
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+    def call(self, node: Any, method: str, path: str) -> Any:
+        """A call to the public API, served by the peer itself (hops): the parsed JSON answer
+        on a 200, else the relayed error. Raises PeerUnavailable if the node does not answer."""
         headers = {
             SECRET_HEADER: self._secret,
             HOPS_HEADER: "1",
             RING_HEADER: str(self._ring_version()),
-            "Content-Type": "application/json",
         }
-        if extra:
-            headers.update(extra)
-        return headers
-
-    def request(
-        self,
-        node: Any,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        """One internal call; raises PeerUnavailable if the node does not answer."""
-        payload = values.dumps(body) if body is not None else None
         try:
-            return self._transport.request(
-                node.url.rstrip("/"), method, path, self._headers(headers), payload
-            )
+            response = self._transport.request(node.url.rstrip("/"), method, path, headers)
         except OSError as exc:
             log.warning("call to %s %s failed: %s", node.name, path, exc)
             raise PeerUnavailable(node.name, str(exc)) from exc
-
-    def call(self, node: Any, method: str, path: str, body: Any = None, ok: tuple = (200,)) -> Any:
-        """A JSON call: the parsed body on an expected status, else the relayed error."""
-        response = self.request(node, method, path, body)
-        if response.status in ok:
+        if response.status != 200:
+            raise _relay(node, response)
+        try:
             return values.loads(response.data) if response.data else None
-        raise _relay(node, response)
+        except values.DecodeError as exc:
+            raise _malformed(node, path) from exc
 
     # The store operations, as internal calls (``cacheapi.internal``). ``send`` puts a call on
     # the wire and returns at once; the single-key methods wait for the answer, and a batch
@@ -103,13 +97,16 @@ class PeerClient:
     def send(
         self, node: Any, op: str, body: dict[str, Any], parse: Callable[[Any, Response], T]
     ) -> Pending[T]:
-        """Send ``POST /internal/v1/<op>``; raises PeerUnavailable if it cannot be sent."""
+        """Send ``POST /internal/v1/<op>``; raises PeerUnavailable if it cannot be sent.
+
+        ``parse(node, response)`` turns the answer into the result; it may raise KeyError,
+        TypeError or ValueError on a malformed answer, which the caller gets as a 502."""
         try:
             call = self._transport.send(
                 node.url.rstrip("/"),
                 "POST",
                 INTERNAL_PREFIX + op,
-                self._headers(),
+                self._internal_headers,
                 values.dumps(body),
             )
         except OSError as exc:
@@ -121,16 +118,18 @@ class PeerClient:
         return self.send(node, "get", {"key": key}, self._parse_get).result()
 
     def _parse_get(self, node: Any, response: Response) -> Entry | None:
-        if response.status == 404:
+        if _is_miss(response):
             return None
-        if response.status != 200:
-            raise _relay(node, response)
+        _expect_ok(node, response)
+        kind = response.headers.get("X-Value-Type")
         ttl = response.headers.get("X-TTL", "none")
+        if kind not in ("json", "binary"):
+            raise ValueError(f"X-Value-Type {kind!r}")
         return Entry(
             value=response.data,
-            binary=response.headers.get("X-Value-Type") == "binary",
+            binary=kind == "binary",
             expires_at=None if ttl == "none" else self._now() + float(ttl),
-            version=_version(node, response.headers.get("X-Version")),
+            version=_version(response.headers.get("X-Version")),
         )
 
     def set(
@@ -159,11 +158,11 @@ class PeerClient:
         return self.send(node, "set", body, _parse_set).result()
 
     def delete(self, node: Any, key: str) -> bool:
-        return bool(self.send(node, "delete", {"key": key}, _parse_json).result()["deleted"])
+        return self.send(node, "delete", {"key": key}, _field("deleted", bool)).result()
 
     def touch(self, node: Any, key: str, ttl: float | None) -> bool:
-        answer = self.send(node, "touch", {"key": key, "ttl": ttl}, _parse_json).result()
-        return bool(answer["touched"])
+        body = {"key": key, "ttl": ttl}
+        return self.send(node, "touch", body, _field("touched", bool)).result()
 
     def incr(self, node: Any, key: str, delta: int) -> tuple[int, Version] | None:
         return self.send(node, "incr", {"key": key, "delta": delta}, _parse_incr).result()
@@ -177,11 +176,10 @@ class PeerClient:
         self, node: Any, items: list[tuple[str, bytes, bool, float | None]]
     ) -> Pending[int]:
         body = {"items": [[k, encode_value(v, b), b, ttl] for k, v, b, ttl in items]}
-        return self.send(node, "set_many", body, lambda n, r: int(_parse_json(n, r)["stored"]))
+        return self.send(node, "set_many", body, _field("stored", int))
 
     def start_delete_many(self, node: Any, keys: list[str]) -> Pending[int]:
-        body = {"keys": keys}
-        return self.send(node, "delete_many", body, lambda n, r: int(_parse_json(n, r)["deleted"]))
+        return self.send(node, "delete_many", {"keys": keys}, _field("deleted", int))
 
 
 class Pending(Generic[T]):
@@ -207,57 +205,106 @@ class Pending(Generic[T]):
                 502,
                 "bad_gateway",
                 f"{self.node.name} answered {response.status} to an internal call without "
-                f"{INTERNAL_HEADER}: does it run an older version?",
+                f"{INTERNAL_HEADER}: not its internal app (an older version, or a server error)",
             )
         try:
             return self._parse(self.node, response)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise PeerError(
-                502, "bad_gateway", f"{self.node.name} sent a malformed answer to {self.op}"
-            ) from exc
+        except (KeyError, TypeError, ValueError) as exc:  # orjson.JSONDecodeError included
+            raise _malformed(self.node, self.op) from exc
 
     def close(self) -> None:
         self._call.close()
 
 
-def _parse_json(node: Any, response: Response) -> Any:
+def _error_code(response: Response) -> str | None:
+    try:
+        code = orjson.loads(response.data)["error"]["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
+def _is_miss(response: Response) -> bool:
+    """A 404 for the key, as opposed to a 404 for the path or the operation."""
+    return response.status == 404 and _error_code(response) == "not_found"
+
+
+def _expect_ok(node: Any, response: Response) -> None:
     if response.status != 200:
         raise _relay(node, response)
-    return orjson.loads(response.data)
+
+
+def _parse_json(node: Any, response: Response) -> dict[str, Any]:
+    _expect_ok(node, response)
+    answer = orjson.loads(response.data)
+    if not isinstance(answer, dict):
+        raise TypeError("the answer is not a JSON object")
+    return answer
+
+
+def _field(name: str, kind: type[T]) -> Callable[[Any, Response], T]:
+    """A parser for answers of one member of exactly type ``kind`` (``{"deleted": 3}``)."""
+
+    def parse(node: Any, response: Response) -> T:
+        value = _parse_json(node, response)[name]
+        if type(value) is not kind:
+            raise TypeError(f"{name!r} is not a {kind.__name__}")
+        return value
+
+    return parse
 
 
 def _parse_set(node: Any, response: Response) -> Version | None:
     if response.status == 412:
         return None
-    if response.status != 200:
-        raise _relay(node, response)
-    return _version(node, response.headers.get("X-Version"))
+    _expect_ok(node, response)
+    return _version(response.headers.get("X-Version"))
 
 
 def _parse_incr(node: Any, response: Response) -> tuple[int, Version] | None:
-    if response.status == 404:
+    if _is_miss(response):
         return None
     answer = _parse_json(node, response)
-    return int(answer["value"]), _version(node, answer["version"])
+    value = answer["value"]
+    if type(value) is not int:
+        raise TypeError("'value' is not an int")
+    return value, _version(answer["version"])
 
 
 def _parse_get_many(node: Any, response: Response) -> dict[str, Any]:
     answer = _parse_json(node, response)
-    found: dict[str, Any] = {k: orjson.Fragment(text) for k, text in answer["values"].items()}
-    found.update((k, {"b64": text}) for k, text in answer["binary"].items())
+    texts, blobs = answer["values"], answer["binary"]
+    if not (isinstance(texts, dict) and isinstance(blobs, dict)):
+        raise TypeError("'values' and 'binary' must be objects")
+    if not all(type(t) is str for t in texts.values()) or not all(
+        type(t) is str for t in blobs.values()
+    ):
+        raise TypeError("every value must be a string")
+    found: dict[str, Any] = {k: orjson.Fragment(text) for k, text in texts.items()}
+    found.update((k, {"b64": text}) for k, text in blobs.items())
     return found
 
 
-def _version(node: Any, text: Any) -> Version:
-    try:
-        return parse_version(str(text))
-    except ValueError as exc:
-        raise PeerError(502, "bad_gateway", f"{node.name} sent a bad write version") from exc
+def _version(text: Any) -> Version:
+    if not isinstance(text, str):
+        raise TypeError("the write version is missing")
+    return parse_version(text)  # ValueError if malformed
+
+
+def _malformed(node: Any, what: str) -> PeerError:
+    return PeerError(502, "bad_gateway", f"{node.name} sent a malformed answer to {what}")
 
 
 def _relay(node: Any, response: Response) -> errors.CacheError:
+    """The peer's error, with its status and code; one that says the call itself was wrong
+    (secret, path, framing) is a bad gateway for the client, not the client's mistake."""
     try:
         error = values.loads(response.data)["error"]
-        return PeerError(response.status, error["code"], f"{node.name}: {error['message']}")
+        code, message = error["code"], error["message"]
     except (values.DecodeError, KeyError, TypeError):
         return PeerError(502, "bad_gateway", f"{node.name} answered {response.status}")
+    if code in _CALL_ERRORS or (response.status == 413 and code == "request_too_large"):
+        return PeerError(502, "bad_gateway", f"{node.name} refused an internal call: {message}")
+    if response.status >= 500 and response.status != 503:  # its own failure, not the client's
+        return PeerError(502, "bad_gateway", f"{node.name} failed: {message}")
+    return PeerError(response.status, code, f"{node.name}: {message}")

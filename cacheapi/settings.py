@@ -80,6 +80,8 @@ class ClusterSettings:
     def _resolve(self, name: str) -> Any:
         default = DEFAULTS[name][0]
         raw = os.environ.get(f"CACHE_{name}")
+        if name == "SECRET" and raw is not None and not raw.strip():
+            raw = None  # CACHE_SECRET= (empty) is unset, never an empty secret anyone can send
         if raw is not None:
             return _coerce(name, default, raw)
         configured = getattr(settings, "CACHE_CLUSTER", {}) or {}

@@ -69,20 +69,23 @@ class _Connection:
     def dropped(self) -> bool:
         """Readable while idle means the peer closed it (or sent junk): not reusable."""
         sock = self.sock
-        if isinstance(sock, ssl.SSLSocket):  # TLS cannot peek; ask the poller
-            try:
-                readable, _, _ = select.select([sock], [], [], 0)
-            except (OSError, ValueError):
+        if not isinstance(sock, ssl.SSLSocket):
+            try:  # one non-blocking peek: cheaper than select, above all under gevent
+                sock.settimeout(0)
+                sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return False  # nothing to read: still open
+            except OSError:
                 return True
-            return bool(readable)
-        try:  # one non-blocking peek: cheaper than select, above all under gevent
-            sock.settimeout(0)
-            sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False  # nothing to read: still open
-        except OSError:
+            except ValueError:
+                pass  # a TLS socket of another class ("non-zero flags not allowed"): poll it
+            else:
+                return True  # b"" (closed by the peer) or bytes nobody asked for
+        try:  # TLS cannot peek; ask the poller
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
             return True
-        return True  # b"" (closed by the peer) or bytes nobody asked for
+        return bool(readable)
 
 
 class Pool:
@@ -176,7 +179,7 @@ class Call:
     def response(self) -> Response:
         conn = self._conn
         if conn is None:
-            raise TransportError("this call's answer was already read or dropped")
+            raise RuntimeError("this call's answer was already read, or the call was dropped")
         self._conn = None
         pool = self._pool
         try:
@@ -184,6 +187,9 @@ class Call:
         except (OSError, ValueError) as exc:
             conn.close()
             raise TransportError(f"{pool.host}:{pool.port}: {exc}") from exc
+        except BaseException:  # e.g. the greenlet killed mid-read: the stream is unusable
+            conn.close()
+            raise
         if keep:
             pool._checkin(conn)
         else:
@@ -196,9 +202,15 @@ class Call:
             self._conn = None
 
 
+# Past its deadline a read may still take what has already arrived: a batch reads its parts
+# one after another, and the answer of a fast owner read after a slow one's timeout is not late.
+LATE_READ_GRACE = 0.001
+
+
 class _DeadlineReader:
-    """Reads that share one deadline: each read may wait only for the time left, so a peer
-    that trickles its headers cannot hold the caller much past ``timeout`` in all."""
+    """Reads that share one deadline: each read may wait only for the time left (or
+    ``LATE_READ_GRACE`` once it has passed), so a peer that trickles its headers cannot hold
+    the caller much past ``timeout`` in all."""
 
     __slots__ = ("_conn", "_deadline")
 
@@ -208,9 +220,7 @@ class _DeadlineReader:
 
     def _arm(self) -> None:
         remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the peer did not answer in time")
-        self._conn.sock.settimeout(remaining)
+        self._conn.sock.settimeout(max(remaining, LATE_READ_GRACE))
 
     def readline(self, limit: int = -1) -> bytes:
         self._arm()

@@ -91,11 +91,24 @@ def from_wire(value: Any) -> tuple[bytes, bool]:
         text = value["b64"]
         if not isinstance(text, str):
             raise ValueError('"b64" must be a base64 string')
-        try:
-            return base64.b64decode(text, validate=True), True
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f'"b64" is not valid base64: {exc}') from exc
+        return b64decode(text, '"b64"'), True
     return dumps(value), False
+
+
+def b64decode(text: str, what: str = "value") -> bytes:
+    """Strict base64 (no stray characters); raises ValueError naming ``what``."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{what} is not valid base64: {exc}") from exc
+
+
+def check_json_text(text: str) -> None:
+    """Raise DecodeError unless ``text`` is one strict JSON document (big integers allowed)."""
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        loads(text)  # exact parser: integers beyond 64 bits pass, anything else raises
 
 
 def to_wire(value: bytes, binary: bool) -> Any:

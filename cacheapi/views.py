@@ -71,7 +71,7 @@ class NodeViewSet(viewsets.ViewSet):
 
 
 def _entry_headers(entry: Entry, ttl: float | None) -> dict[str, str]:
-    """ETag, plus the TTL and value type (peers read them from raw-bytes answers)."""
+    """ETag, plus the TTL and value type (for clients that ask for the raw bytes)."""
     return {
         "ETag": f'"{format_version(entry.version)}"',
         "X-TTL": "none" if ttl is None else f"{ttl:.3f}",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 
 import pytest
@@ -279,3 +281,36 @@ def test_a_dead_owner_fails_only_its_keys(small_cluster):
     r = cluster.get(cluster.nodes[0], f"/api/v1/keys/{dead_keys[0]}")
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "unavailable"
+
+
+def test_a_hung_owner_fails_only_its_keys_even_when_read_first(small_cluster):
+    """A batch reads its parts one after another; an owner that accepts the call and never
+    answers (stopped, not dead) must cost only its own keys, also when it is read before a
+    live owner whose answer is waiting meanwhile."""
+    cluster = small_cluster
+    ring = ring_of(cluster)
+    keys = [f"h-{i}" for i in range(300)]
+    r = cluster.post(
+        cluster.nodes[0], "/api/v1/batch/set", {"items": [{"key": k, "value": k} for k in keys]}
+    )
+    assert r.json()["stored"] == 300
+    hung = cluster.node("n2")
+    hung_keys = [k for k in keys if ring.primary(k).name == "n2"]
+    live_keys = [k for k in keys if ring.primary(k).name == "n3"]
+    assert hung_keys
+    assert live_keys
+    # The hung owner's part goes out (and is read) first: its key leads the batch.
+    ordered = [hung_keys[0], *[k for k in keys if k != hung_keys[0]]]
+    os.killpg(hung.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        r = cluster.post(cluster.nodes[0], "/api/v1/batch/get", {"keys": ordered})
+        elapsed = time.monotonic() - started
+    finally:
+        os.killpg(hung.proc.pid, signal.SIGCONT)
+    body = r.json()
+    assert r.status_code == 200
+    assert sorted(body["failed"]) == sorted(hung_keys)
+    assert body["values"] == {k: k for k in keys if k not in set(hung_keys)}
+    assert body["missing"] == []
+    assert 1.0 <= elapsed < 1.0 + 2.0  # waited out the hung owner's timeout, once

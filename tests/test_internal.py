@@ -3,6 +3,7 @@ the coordinator's ``PeerClient`` against that app served over real HTTP on a loc
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -104,7 +105,7 @@ def test_a_call_without_the_right_secret_is_forbidden_and_changes_nothing(app, s
 
 def test_unknown_operation_is_404_and_other_methods_405(app):
     status, headers, body = call(app, "flushall", {})
-    assert (status, error_code(body)) == (404, "not_found")
+    assert (status, error_code(body)) == (404, "unknown_operation")  # not "not_found": a miss
     assert headers["X-Ring-Version"] == "7"
     status, _, body = call(app, "get", {"key": "k"}, method="GET")
     assert (status, error_code(body)) == (405, "method_not_allowed")
@@ -200,6 +201,10 @@ def test_get_of_a_missing_or_expired_key_is_404(app, store, clock):
         ),
         ({"key": "k", "value": "1", "binary": False, "if_version": "v7"}, 400, "invalid_request"),
         ({"key": "k", "value": "x" * 9_000, "binary": False}, 413, "value_too_large"),
+        ({"key": "k", "value": "not json {", "binary": False}, 400, "invalid_value"),
+        ({"key": "k", "value": "NaN", "binary": False}, 400, "invalid_value"),
+        ({"key": "k", "value": "1 2", "binary": False}, 400, "invalid_value"),
+        ({"key": "k", "value": "", "binary": False}, 400, "invalid_value"),
     ],
 )
 def test_a_bad_set_is_a_4xx_and_stores_nothing(app, store, settings, body, status, code):
@@ -423,16 +428,17 @@ def test_an_unread_call_can_be_dropped(served, peers, store):
     pending = peers.start_get_many(served, ["a"])
     pending.close()
     pending.close()  # twice is harmless
-    with pytest.raises(PeerUnavailable):
+    with pytest.raises(RuntimeError):
         pending.result()
     assert peers.start_get_many(served, ["a"]).result() == {}  # the pool still works
 
 
-def test_a_wrong_secret_is_relayed_as_403(served, clock):
+def test_a_wrong_secret_is_a_bad_gateway_not_the_clients_fault(served, clock):
     wrong = PeerClient(secret="nope", timeout=2.0, clock_now=clock)
     with pytest.raises(PeerError) as info:
         wrong.get(served, "k")
-    assert (info.value.status, info.value.code) == (403, "forbidden")
+    assert (info.value.status, info.value.code) == (502, "bad_gateway")
+    assert "wrong cluster secret" in str(info.value)
 
 
 def test_an_answer_from_something_else_is_a_bad_gateway(peers):
@@ -468,3 +474,152 @@ def test_a_node_that_refuses_is_unavailable(peers):
             peers.get(dead, "k")
         with pytest.raises(PeerUnavailable):
             peers.start_get_many(dead, ["k"])
+
+
+@pytest.mark.parametrize(
+    "path", ["/internal/v2/set", "/internal/zzzset", "/internal/", "/internal/v1/"]
+)
+def test_paths_outside_the_v1_operations_are_unknown_and_change_nothing(app, store, path):
+    body = orjson.dumps({"key": "k", "value": "1", "binary": False, "ttl": None})
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "wsgi.input": io.BytesIO(body),
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_X_CLUSTER_SECRET": SECRET,
+    }
+    seen = {}
+    answer = b"".join(app(environ, lambda status, headers: seen.update(status=status)))
+    assert seen["status"].startswith("404")
+    assert error_code(answer) == "unknown_operation"
+    assert store.peek("k") is None
+
+
+@pytest.mark.parametrize("length", ["²", "1e3", "-1", " 5"])
+def test_a_content_length_that_is_not_ascii_digits_is_a_400(app, length):
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/internal/v1/get",
+        "wsgi.input": io.BytesIO(b'{"key":"k"}'),
+        "CONTENT_LENGTH": length,
+        "HTTP_X_CLUSTER_SECRET": SECRET,
+    }
+    seen = {}
+    answer = b"".join(app(environ, lambda status, headers: seen.update(status=status)))
+    assert seen["status"].startswith("400")
+    assert error_code(answer) == "invalid_request"
+
+
+def test_an_empty_configured_secret_lets_nobody_in(store):
+    app = InternalApp(lambda: store, lambda: "", max_body=lambda: 1000)
+    for presented in ("", "x"):
+        status, _, body = call(
+            app, "set", {"key": "k", "value": "1", "binary": False}, secret=presented
+        )
+        assert (status, error_code(body)) == (403, "forbidden")
+    assert store.peek("k") is None
+
+
+def test_a_bug_is_a_500_with_the_protocol_header_and_is_logged(caplog):
+    def broken_store():
+        raise RuntimeError("boom")
+
+    app = InternalApp(broken_store, lambda: SECRET, max_body=lambda: 1000)
+    status, _, body = call(app, "get", {"key": "k"})  # call() checks the header
+    assert (status, error_code(body)) == (500, "server_error")
+    assert "internal call /internal/v1/get failed" in caplog.text
+
+
+# --------------------------------------------------------------------------- malformed answers
+
+
+def _headed(status: str, body: bytes, *extra: tuple[str, str]):
+    def app(environ, start_response):
+        start_response(status, [("Content-Length", str(len(body))), (INTERNAL_HEADER, "1"), *extra])
+        return [body]
+
+    return app
+
+
+@contextlib.contextmanager
+def _serving(wsgi_app) -> Iterator[RingNode]:
+    server = make_server("127.0.0.1", 0, wsgi_app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield RingNode(name="odd", url=f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "call_it"),
+    [
+        (_headed("200 OK", b'{"deleted":"false"}'), lambda p, n: p.delete(n, "k")),
+        (_headed("200 OK", b"[]"), lambda p, n: p.touch(n, "k", 1.0)),
+        (_headed("200 OK", b"{}"), lambda p, n: p.delete(n, "k")),
+        (_headed("200 OK", b'{"value":"7","version":"1-0-n"}'), lambda p, n: p.incr(n, "k", 1)),
+        (_headed("200 OK", b"not json"), lambda p, n: p.start_delete_many(n, ["k"]).result()),
+        (
+            _headed("200 OK", b'{"values":{"k":5},"binary":{}}'),
+            lambda p, n: p.start_get_many(n, ["k"]).result(),
+        ),
+        (
+            _headed("200 OK", b'{"values":{},"binary":[]}'),
+            lambda p, n: p.start_get_many(n, ["k"]).result(),
+        ),
+        (_headed("200 OK", b"v", ("X-Value-Type", "json")), lambda p, n: p.get(n, "k")),
+        (
+            _headed("200 OK", b"v", ("X-Value-Type", "text"), ("X-Version", "1-0-n")),
+            lambda p, n: p.get(n, "k"),
+        ),
+        (
+            _headed("200 OK", b"{}", ("X-Version", "v9")),
+            lambda p, n: p.set(n, "k", b"1", False, None),
+        ),
+        # A 404 for the path, not the key: never read as a miss.
+        (
+            _headed("404 Not Found", b'{"error":{"code":"unknown_operation","message":"?"}}'),
+            lambda p, n: p.get(n, "k"),
+        ),
+        (
+            _headed("404 Not Found", b'{"error":{"code":"unknown_operation","message":"?"}}'),
+            lambda p, n: p.incr(n, "k", 1),
+        ),
+        (
+            _headed(
+                "500 Internal Server Error", b'{"error":{"code":"server_error","message":"x"}}'
+            ),
+            lambda p, n: p.delete(n, "k"),
+        ),
+    ],
+)
+def test_a_malformed_or_misdirected_answer_is_a_bad_gateway(peers, answer, call_it):
+    with _serving(answer) as node, pytest.raises(PeerError) as info:
+        call_it(peers, node)
+    assert (info.value.status, info.value.code) == (502, "bad_gateway")
+
+
+def test_internal_bodies_may_exceed_the_client_limit_by_the_escaping(settings):
+    """JSON text inside a JSON string gains a backslash per quote: a part of a batch that fit
+    the client's limit must still fit the owner's."""
+    from cacheapi import node
+
+    settings.CACHE_CLUSTER = {"MAX_REQUEST_BYTES": 10_000, "MAX_VALUE_BYTES": 10_000}
+    client_body = orjson.dumps({"items": [{"key": "k", "value": ['"'] * 1_500}]})
+    assert len(client_body) < 10_000
+    stored = orjson.dumps(['"'] * 1_500)
+    internal_body = orjson.dumps({"items": [["k", stored.decode(), False, None]]})
+    assert len(internal_body) > 10_000  # the same item, escaped once more
+    app = node.internal_app()
+    status, _, answer = call(app, "set_many", raw=internal_body, secret=node_secret())
+    assert status == 200, answer
+    assert node.store().peek("k").value == stored
+
+
+def node_secret() -> str:
+    from cacheapi.settings import cluster_settings
+
+    return cluster_settings.SECRET

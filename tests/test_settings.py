@@ -60,3 +60,14 @@ def test_cluster_secret_defaults_to_a_digest_of_secret_key(monkeypatch):
     assert len(first) == 64
     assert first != second
     assert "one" not in first
+
+
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_an_empty_cluster_secret_in_the_environment_counts_as_unset(monkeypatch, empty):
+    """CACHE_SECRET= must not make the empty string the secret, which any caller can send."""
+    monkeypatch.delenv("CACHE_SECRET", raising=False)
+    with override_settings(SECRET_KEY="one"):
+        derived = cluster_settings.SECRET
+    monkeypatch.setenv("CACHE_SECRET", empty)
+    with override_settings(SECRET_KEY="one"):
+        assert derived == cluster_settings.SECRET

@@ -527,3 +527,69 @@ def test_transport_close_closes_idle_connections(server: ScriptedServer) -> None
     server.wait_finished(0)  # the server saw the client hang up
     assert transport._pools == {}
     assert idle == [] or idle[0].sock.fileno() == -1
+
+
+# ----------------------------------------------------------------- Call: send now, read later
+
+
+def _call_on_socketpair(deadline_in: float):
+    from cacheapi.transport import Call, _Connection
+
+    ours, theirs = socket.socketpair()
+    pool = Pool("http://127.0.0.1:9", timeout=TIMEOUT, ssl_context=None)
+    call = Call(pool, _Connection(ours), "POST", time.monotonic() + deadline_in)
+    return pool, call, theirs
+
+
+def test_an_answer_that_arrived_before_its_late_read_is_still_read():
+    """A batch reads its parts in turn: the answer of a fast owner, read after a slow owner
+    used up the timeout, is not late."""
+    pool, call, theirs = _call_on_socketpair(-1.0)  # the deadline passed a second ago
+    with theirs:
+        theirs.sendall(ok(b"fast", "Content-Type: text/plain"))
+        response = call.response()
+    assert (response.status, response.data) == (200, b"fast")
+    assert len(pool._idle) == 1  # the connection went back to the pool
+
+
+def test_a_late_read_of_an_answer_not_there_fails_at_once():
+    pool, call, theirs = _call_on_socketpair(-1.0)
+    with theirs:
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            call.response()
+        assert time.monotonic() - started < WAIT
+    assert pool._idle == []  # a connection in an unknown state is closed, not pooled
+
+
+def test_a_call_is_read_once_and_a_dropped_call_not_at_all():
+    pool, call, theirs = _call_on_socketpair(TIMEOUT)
+    with theirs:
+        theirs.sendall(ok(b"x"))
+        call.response()
+        with pytest.raises(RuntimeError):
+            call.response()
+    pool, call, theirs = _call_on_socketpair(TIMEOUT)
+    with theirs:
+        call.close()
+        call.close()
+        with pytest.raises(RuntimeError):
+            call.response()
+        assert theirs.recv(1) == b""  # dropped: the connection was closed
+    assert pool._idle == []
+
+
+def test_idle_check_by_peek():
+    from cacheapi.transport import _Connection
+
+    ours, theirs = socket.socketpair()
+    conn = _Connection(ours)
+    assert not conn.dropped()  # open and quiet
+    theirs.sendall(b"junk")
+    assert conn.dropped()  # bytes nobody asked for
+    theirs.close()
+    ours2, theirs2 = socket.socketpair()
+    theirs2.close()
+    assert _Connection(ours2).dropped()  # closed by the peer
+    conn.close()
+    _Connection(ours2).close()
