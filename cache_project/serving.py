@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+# gunicorn's marker for "the app kept the connection" (its async workers honour it).
+from gunicorn.workers.base_async import ALREADY_HANDLED
+
 
 class YieldAfterResponse:
     """Under gevent, let other connections run once each response has been written.
@@ -21,6 +24,8 @@ class YieldAfterResponse:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         result = self.app(environ, start_response)
+        if result is ALREADY_HANDLED:
+            return result  # the app kept the connection (an internal stream): nothing to wrap
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
             return result  # keep sendfile for static files

@@ -37,7 +37,11 @@ A missing key is a 404 with code ``not_found``; an unknown operation or path is 
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import logging
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -52,6 +56,11 @@ from cacheapi.versions import format_version, parse_version
 log = logging.getLogger(__name__)
 
 PREFIX = "/internal/v1/"
+STREAM_OP = "stream"  # POST /internal/v1/stream with Upgrade: cache-internal/1
+STREAM_PROTOCOL = "cache-internal/1"
+STREAM_IDLE_SECONDS = 60.0  # an idle stream is closed; the coordinator opens another
+_U32 = struct.Struct(">I")
+_ANSWER_HEAD = struct.Struct(">IHH")
 INTERNAL_HEADER = "X-Cache-Internal"  # on every answer of this app: "1", the protocol version
 SECRET_ENVIRON = "HTTP_X_CLUSTER_SECRET"
 _JSON = [("Content-Type", "application/json")]
@@ -66,6 +75,7 @@ _STATUS = {
     412: "412 Precondition Failed",
     413: "413 Content Too Large",
     500: "500 Internal Server Error",
+    501: "501 Not Implemented",
     503: "503 Service Unavailable",
 }
 
@@ -80,6 +90,11 @@ class MethodNotAllowed(errors.CacheError):
 class LengthRequired(errors.CacheError):
     status = 411
     code = "length_required"
+
+
+class StreamsUnavailable(errors.CacheError):
+    status = 501
+    code = "streams_unavailable"
 
 
 class UnknownOperation(errors.CacheError):
@@ -128,6 +143,14 @@ def _keys(body: Mapping[str, Any]) -> list[str]:
     return validation.key_list(body)
 
 
+def _parse(raw: bytes) -> Mapping[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.InvalidJSON(f"body is not valid JSON: {exc}") from exc
+    return validation.json_object(body)
+
+
 def _json(data: Any, status: int = 200) -> Answer:
     return status, orjson.dumps(data), _JSON
 
@@ -139,7 +162,10 @@ def _version_headers(version: Any) -> list[tuple[str, str]]:
 class InternalApp:
     """The WSGI app for ``/internal/v1/``. ``store`` and ``secret`` are read per call, so
     tests and settings changes see the current ones; ``observe(op, seconds, error)`` records
-    each call's latency (``internal_<op>`` in the node's metrics)."""
+    each call's latency (``internal_<op>`` in the node's metrics). With ``already_handled``
+    (the server's marker for "the app kept the connection"), ``/internal/v1/stream`` upgrades
+    a connection to a stream of framed calls; without it, it answers 501 and coordinators use
+    one HTTP request per call."""
 
     def __init__(
         self,
@@ -149,12 +175,18 @@ class InternalApp:
         max_body: Callable[[], int],
         ring_version: Callable[[], int] = lambda: 0,
         observe: Callable[[str, float, bool], None] = lambda op, seconds, error: None,
+        already_handled: object | None = None,
+        pause: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._store = store
         self._secret = secret
         self._max_body = max_body
         self._ring_version = ring_version
         self._observe = observe
+        # Streams need a server that lets the app keep the connection: gunicorn's async
+        # (gevent) workers do, when the app returns their ALREADY_HANDLED marker.
+        self._already_handled = already_handled
+        self._pause = pause  # after each framed answer: gevent.sleep, to let others run
         self._ops: dict[str, Callable[[Store, Mapping[str, Any]], Answer]] = {
             "get": self._get,
             "set": self._set,
@@ -169,48 +201,124 @@ class InternalApp:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        started = time.perf_counter()
         path = environ.get("PATH_INFO", "")
         op = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
+        if op == STREAM_OP:
+            try:
+                sock = self._stream_socket(environ)
+            except errors.CacheError as exc:
+                status, body, headers = self._finish(self._error(exc))
+            else:
+                self._observe("internal_stream", 0.0, False)  # streams opened, by count
+                self._run_stream(sock)
+                return self._already_handled  # type: ignore[return-value]
+        else:
+            status, body, headers = self._answer(op, lambda: self._serve(op, environ))
+        headers.append(("Content-Length", str(len(body))))
+        start_response(_STATUS.get(status, f"{status} Error"), headers)
+        return [body]
+
+    def _answer(self, op: str, serve: Callable[[], Answer]) -> Answer:
+        """Run one call: its answer, or the error envelope; counted in the metrics."""
+        started = time.perf_counter()
         try:
-            status, body, headers = self._serve(op, environ)
+            status, body, headers = serve()
         except errors.CacheError as exc:
             status, body, headers = self._error(exc)
         except StoreError as exc:
             status, body, headers = self._error(errors.from_store_error(exc))
         except Exception:  # a bug: still an answer a coordinator can tell from a miss
-            log.exception("internal call %s failed", path)
+            log.exception("internal call %s failed", op)
             status, body, headers = self._error(ServerError("the internal call failed"))
         if op in self._ops:
             error = status >= 400 and status not in (404, 412)
             self._observe(f"internal_{op}", time.perf_counter() - started, error)
-        headers = [
-            *headers,
-            ("Content-Length", str(len(body))),
-            ("X-Ring-Version", str(self._ring_version())),
-            (INTERNAL_HEADER, "1"),
-        ]
-        start_response(_STATUS.get(status, f"{status} Error"), headers)
-        return [body]
+        return self._finish((status, body, headers))
+
+    def _finish(self, answer: Answer) -> Answer:
+        status, body, headers = answer
+        extra = [("X-Ring-Version", str(self._ring_version())), (INTERNAL_HEADER, "1")]
+        return status, body, [*headers, *extra]
 
     @staticmethod
     def _error(exc: errors.CacheError) -> Answer:
         return _json(errors.error_body(exc.code, exc.message), exc.status)
 
-    def _serve(self, op: str, environ: dict[str, Any]) -> Answer:
+    def _check_secret(self, environ: dict[str, Any]) -> None:
         presented = environ.get(SECRET_ENVIRON)
         if presented is None:
             raise errors.Forbidden("internal calls need the cluster secret (X-Cluster-Secret)")
         if not secrets_match(presented, self._secret()):
             raise errors.Forbidden("wrong cluster secret")
+
+    def _serve(self, op: str, environ: dict[str, Any]) -> Answer:
+        self._check_secret(environ)
         handler = self._ops.get(op)
         if handler is None:
             raise UnknownOperation(f"no internal operation at {environ.get('PATH_INFO', '')!r}")
         if environ.get("REQUEST_METHOD") != "POST":
             raise MethodNotAllowed("internal calls are POST")
-        return handler(self._store(), self._body(environ))
+        return handler(self._store(), _parse(self._read_body(environ)))
 
-    def _body(self, environ: dict[str, Any]) -> Mapping[str, Any]:
+    def _dispatch(self, op: str, raw: bytes) -> Answer:
+        handler = self._ops.get(op)
+        if handler is None:
+            raise UnknownOperation(f"no internal operation {op!r}")
+        return handler(self._store(), _parse(raw))
+
+    # Streams: one upgraded connection carries many calls as length-prefixed frames.
+    def _stream_socket(self, environ: dict[str, Any]) -> Any:
+        self._check_secret(environ)
+        if environ.get("HTTP_UPGRADE", "").lower() != STREAM_PROTOCOL:
+            raise UnknownOperation(f"{PREFIX}{STREAM_OP} needs Upgrade: {STREAM_PROTOCOL}")
+        sock = environ.get("gunicorn.socket")
+        if self._already_handled is None or sock is None:
+            raise StreamsUnavailable("this node serves internal calls over HTTP only")
+        return sock
+
+    def _run_stream(self, sock: Any) -> None:
+        """Serve frames until the peer closes the connection or leaves it idle.
+
+        Request frame: u32 length, u8 operation length, the operation, the JSON body. Answer
+        frame: u32 length, u16 status, u16 headers length, the headers (a JSON object), the
+        body. Each call is answered as over HTTP, through the same operations."""
+        limit = self._max_body() + 256
+        reader = None
+        try:
+            sock.settimeout(STREAM_IDLE_SECONDS)
+            sock.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: "
+                + STREAM_PROTOCOL.encode()
+                + b"\r\nConnection: Upgrade\r\n\r\n"
+            )
+            reader = sock.makefile("rb")
+            while True:
+                head = reader.read(4)
+                if len(head) < 4:
+                    return  # the peer closed the stream
+                (length,) = _U32.unpack(head)
+                if length > limit or length < 1:
+                    log.warning("closing an internal stream: a frame of %d bytes", length)
+                    return
+                frame = reader.read(length)
+                if len(frame) < length:
+                    return
+                op = frame[1 : 1 + frame[0]].decode("ascii", "replace")
+                raw = frame[1 + frame[0] :]
+                status, body, headers = self._answer(op, functools.partial(self._dispatch, op, raw))
+                meta = orjson.dumps(dict(headers))
+                head = _ANSWER_HEAD.pack(4 + len(meta) + len(body), status, len(meta))
+                sock.sendall(head + meta + body)
+                self._pause(0)
+        except (OSError, ValueError):  # reset, idle timeout, shutdown
+            return
+        finally:
+            if reader is not None:
+                reader.close()
+            with contextlib.suppress(OSError):  # the server then reads end-of-stream and closes
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _read_body(self, environ: dict[str, Any]) -> bytes:
         limit = self._max_body()
         length_text = environ.get("CONTENT_LENGTH") or ""
         stream = environ["wsgi.input"]
@@ -227,11 +335,7 @@ class InternalApp:
                 raise errors.RequestTooLarge(f"body is over the limit of {limit} bytes")
         else:
             raise LengthRequired("internal calls need a Content-Length or a chunked body")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise errors.InvalidJSON(f"body is not valid JSON: {exc}") from exc
-        return validation.json_object(body)
+        return bytes(raw)
 
     # Operations: each validates its body, then runs one store call.
     def _get(self, store: Store, body: Mapping[str, Any]) -> Answer:

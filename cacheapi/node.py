@@ -11,6 +11,10 @@ import logging
 import threading
 from typing import Any
 
+import gevent
+from gevent import monkey
+from gunicorn.workers.base_async import ALREADY_HANDLED
+
 from cacheapi.internal import InternalApp
 from cacheapi.metrics import recorder
 from cacheapi.peers import PeerClient
@@ -81,7 +85,14 @@ def membership() -> Membership:
 
 
 def internal_app() -> InternalApp:
-    """The WSGI app that serves peers' internal calls on this node's store."""
+    """The WSGI app that serves peers' internal calls on this node's store.
+
+    Under gunicorn's gevent worker it also serves streams (connections that peers upgrade and
+    keep, one frame per call); other workers answer one HTTP request per call."""
+    already_handled: object | None = None
+    pause: Any = lambda seconds: None  # noqa: E731
+    if monkey.is_module_patched("socket"):
+        already_handled, pause = ALREADY_HANDLED, gevent.sleep
     return InternalApp(
         store,
         lambda: cluster_settings.SECRET,
@@ -89,6 +100,8 @@ def internal_app() -> InternalApp:
         max_body=lambda: 2 * cluster_settings.MAX_REQUEST_BYTES + (1 << 20),
         ring_version=lambda: membership().ring.version,
         observe=recorder.observe,
+        already_handled=already_handled,
+        pause=pause,
     )
 
 

@@ -17,10 +17,10 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from cacheapi import errors, values
-from cacheapi.internal import INTERNAL_HEADER, encode_value
+from cacheapi.internal import INTERNAL_HEADER, STREAM_OP, STREAM_PROTOCOL, encode_value
 from cacheapi.internal import PREFIX as INTERNAL_PREFIX
 from cacheapi.store import Entry
-from cacheapi.transport import Call, Response, Transport
+from cacheapi.transport import Call, Response, StreamsRefused, Transport
 from cacheapi.versions import Version, format_version, parse_version
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class PeerClient:
         self._ring_version = ring_version
         self.timeout = timeout
         self._internal_headers = {SECRET_HEADER: secret, "Content-Type": "application/json"}
+        self._upgrade = (INTERNAL_PREFIX + STREAM_OP, {SECRET_HEADER: secret}, STREAM_PROTOCOL)
 
     def call(self, node: Any, method: str, path: str) -> Any:
         """A call to the public API, served by the peer itself (hops): the parsed JSON answer
@@ -97,18 +98,21 @@ class PeerClient:
     def send(
         self, node: Any, op: str, body: dict[str, Any], parse: Callable[[Any, Response], T]
     ) -> Pending[T]:
-        """Send ``POST /internal/v1/<op>``; raises PeerUnavailable if it cannot be sent.
+        """Send ``op`` to the owner's internal app: as a frame on a stream (an upgraded
+        connection, kept and reused) where the owner serves streams, else as
+        ``POST /internal/v1/<op>``. Raises PeerUnavailable if it cannot be sent.
 
         ``parse(node, response)`` turns the answer into the result; it may raise KeyError,
         TypeError or ValueError on a malformed answer, which the caller gets as a 502."""
+        url = node.url.rstrip("/")
+        payload = values.dumps(body)
         try:
-            call = self._transport.send(
-                node.url.rstrip("/"),
-                "POST",
-                INTERNAL_PREFIX + op,
-                self._internal_headers,
-                values.dumps(body),
-            )
+            try:
+                call = self._transport.send_frame(url, self._upgrade, op, payload)
+            except StreamsRefused:  # a node that serves HTTP only (gthread), or refused
+                call = self._transport.send(
+                    url, "POST", INTERNAL_PREFIX + op, self._internal_headers, payload
+                )
         except OSError as exc:
             log.warning("internal %s to %s failed: %s", op, node.name, exc)
             raise PeerUnavailable(node.name, str(exc)) from exc

@@ -15,17 +15,29 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import orjson
+
 MAX_HEADER_LINE = 65536
 
 
 class TransportError(OSError):
     """The peer could not be reached, or broke the connection or the protocol."""
+
+
+class StreamsRefused(Exception):
+    """The peer answers one HTTP request per call, not streams (for now)."""
+
+
+STREAM_RETRY_SECONDS = 60.0  # after a refused upgrade, ask again this much later
+_REQUEST_HEAD = struct.Struct(">IB")  # frame length, operation length
+_ANSWER_HEAD = struct.Struct(">IHH")  # frame length, status, headers length
 
 
 class Headers:
@@ -102,6 +114,8 @@ class Pool:
         self.timeout = timeout
         self._ssl = ssl_context
         self._idle: list[_Connection] = []
+        self._idle_streams: list[_Connection] = []
+        self._streams_refused_until = 0.0
         self._lock = threading.Lock()
         self._max_idle = max_idle
 
@@ -124,10 +138,11 @@ class Pool:
                 return conn
             conn.close()
 
-    def _checkin(self, conn: _Connection) -> None:
+    def _checkin(self, conn: _Connection, *, stream: bool = False) -> None:
+        idle = self._idle_streams if stream else self._idle
         with self._lock:
-            if len(self._idle) < self._max_idle:
-                self._idle.append(conn)
+            if len(idle) < self._max_idle:
+                idle.append(conn)
                 return
         conn.close()
 
@@ -157,9 +172,69 @@ class Pool:
     ) -> Response:
         return self.send(method, path, headers, body).response()
 
+    # Streams: a connection upgraded once (``upgrade`` request: path and headers, answered
+    # 101) then carries one call after another as frames, with no HTTP to parse per call.
+    def send_frame(self, upgrade: tuple[str, Mapping[str, str], str], op: str, body: bytes) -> Call:
+        """Send one framed call on a stream to this peer; read it with ``Call.response()``.
+
+        ``upgrade`` is (path, headers, protocol). Raises StreamsRefused when the peer does not
+        upgrade (it answered anything but 101 within the last ``STREAM_RETRY_SECONDS``); the
+        caller then sends the call as an HTTP request instead."""
+        if time.monotonic() < self._streams_refused_until:
+            raise StreamsRefused(f"{self.host}:{self.port} does not upgrade to streams")
+        name = op.encode("ascii")
+        frame = _REQUEST_HEAD.pack(1 + len(name) + len(body), len(name)) + name + body
+        try:
+            conn = self._checkout_stream(upgrade)
+        except OSError as exc:
+            raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
+        deadline = time.monotonic() + self.timeout
+        try:
+            conn.sock.sendall(frame)
+        except OSError as exc:
+            conn.close()
+            raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
+        return Call(self, conn, "", deadline, stream=True)
+
+    def _checkout_stream(self, upgrade: tuple[str, Mapping[str, str], str]) -> _Connection:
+        while True:
+            with self._lock:
+                conn = self._idle_streams.pop() if self._idle_streams else None
+            if conn is None:
+                return self._open_stream(upgrade)
+            if not conn.dropped():  # an idle stream the peer closed is noticed here
+                conn.sock.settimeout(self.timeout)
+                return conn
+            conn.close()
+
+    def _open_stream(self, upgrade: tuple[str, Mapping[str, str], str]) -> _Connection:
+        path, headers, protocol = upgrade
+        head = [f"POST {path} HTTP/1.1".encode("latin-1"), b"Host: " + self.host_header]
+        head += [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
+        head += [f"Upgrade: {protocol}".encode("latin-1"), b"Connection: Upgrade"]
+        head.append(b"Content-Length: 0")
+        conn = self._connect()
+        try:
+            conn.sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+            reader = _DeadlineReader(conn, time.monotonic() + self.timeout)
+            response, keep = _read_response(reader, "POST")
+        except (OSError, ValueError) as exc:
+            conn.close()
+            raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
+        if response.status == 101:
+            return conn
+        if keep and response.status < 500:
+            self._checkin(conn)
+        else:
+            conn.close()
+        self._streams_refused_until = time.monotonic() + STREAM_RETRY_SECONDS
+        raise StreamsRefused(f"{self.host}:{self.port} answered {response.status} to the upgrade")
+
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
+            idle += self._idle_streams
+            self._idle_streams = []
         for conn in idle:
             conn.close()
 
@@ -168,13 +243,16 @@ class Call:
     """A request on the wire. ``response()`` reads its answer (within the timeout counted from
     the send) and gives the connection back; ``close()`` drops a call that will not be read."""
 
-    __slots__ = ("_conn", "_deadline", "_method", "_pool")
+    __slots__ = ("_conn", "_deadline", "_method", "_pool", "_stream")
 
-    def __init__(self, pool: Pool, conn: _Connection, method: str, deadline: float) -> None:
+    def __init__(
+        self, pool: Pool, conn: _Connection, method: str, deadline: float, *, stream: bool = False
+    ) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn
         self._method = method
         self._deadline = deadline
+        self._stream = stream
 
     def response(self) -> Response:
         conn = self._conn
@@ -182,8 +260,12 @@ class Call:
             raise RuntimeError("this call's answer was already read, or the call was dropped")
         self._conn = None
         pool = self._pool
+        reader = _DeadlineReader(conn, self._deadline)
         try:
-            response, keep = _read_response(_DeadlineReader(conn, self._deadline), self._method)
+            if self._stream:
+                response, keep = _read_frame(reader), True
+            else:
+                response, keep = _read_response(reader, self._method)
         except (OSError, ValueError) as exc:
             conn.close()
             raise TransportError(f"{pool.host}:{pool.port}: {exc}") from exc
@@ -191,7 +273,7 @@ class Call:
             conn.close()
             raise
         if keep:
-            pool._checkin(conn)
+            pool._checkin(conn, stream=self._stream)
         else:
             conn.close()
         return response
@@ -267,6 +349,24 @@ def _read_response(reader: object, method: str) -> tuple[Response, bool]:
     return Response(status, headers, data), keep
 
 
+def _read_frame(reader: object) -> Response:
+    """One answer frame: u32 length, u16 status, u16 headers length, headers (a JSON object of
+    strings), body (``cacheapi.internal``)."""
+    head = reader.read(_ANSWER_HEAD.size)  # type: ignore[attr-defined]
+    if len(head) < _ANSWER_HEAD.size:
+        raise TransportError("connection closed by the peer")
+    length, status, meta_length = _ANSWER_HEAD.unpack(head)
+    if length < 4 + meta_length:
+        raise TransportError("a malformed answer frame")
+    rest = reader.read(length - 4)  # type: ignore[attr-defined]
+    if len(rest) != length - 4:
+        raise TransportError("connection closed mid-frame")
+    headers = Headers()
+    for name, value in orjson.loads(rest[:meta_length]).items():
+        headers[name] = str(value)
+    return Response(status, headers, rest[meta_length:])
+
+
 def _read_chunked(reader: object) -> bytes:
     chunks: list[bytes] = []
     while True:
@@ -320,6 +420,11 @@ class Transport:
         body: bytes | None = None,
     ) -> Call:
         return self.pool(base_url).send(method, path, headers, body)
+
+    def send_frame(
+        self, base_url: str, upgrade: tuple[str, Mapping[str, str], str], op: str, body: bytes
+    ) -> Call:
+        return self.pool(base_url).send_frame(upgrade, op, body)
 
     def close(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from nodes.ring import RingNode
 from tests.clocks import FakeClock
 
 SECRET = "peer-secret"
+WAIT_S = 5.0  # joins of server threads that should end at once
 
 
 @pytest.fixture
@@ -527,7 +529,7 @@ def test_a_bug_is_a_500_with_the_protocol_header_and_is_logged(caplog):
     app = InternalApp(broken_store, lambda: SECRET, max_body=lambda: 1000)
     status, _, body = call(app, "get", {"key": "k"})  # call() checks the header
     assert (status, error_code(body)) == (500, "server_error")
-    assert "internal call /internal/v1/get failed" in caplog.text
+    assert "internal call get failed" in caplog.text
 
 
 # --------------------------------------------------------------------------- malformed answers
@@ -623,3 +625,123 @@ def node_secret() -> str:
     from cacheapi.settings import cluster_settings
 
     return cluster_settings.SECRET
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def _stream_environ(sock, secret=SECRET, upgrade="cache-internal/1"):
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/internal/v1/stream",
+        "wsgi.input": io.BytesIO(b""),
+        "CONTENT_LENGTH": "0",
+        "gunicorn.socket": sock,
+        "HTTP_UPGRADE": upgrade,
+    }
+    if secret is not None:
+        environ["HTTP_X_CLUSTER_SECRET"] = secret
+    return environ
+
+
+def _frame(op: str, body: bytes) -> bytes:
+    name = op.encode()
+    return struct.pack(">IB", 1 + len(name) + len(body), len(name)) + name + body
+
+
+def _read_answer(f) -> tuple[int, dict, bytes]:
+    length, status, meta = struct.unpack(">IHH", f.read(8))
+    rest = f.read(length - 4)
+    return status, orjson.loads(rest[:meta]), rest[meta:]
+
+
+@pytest.fixture
+def stream_app(store, observed):
+    marker = object()
+    app = InternalApp(
+        lambda: store,
+        lambda: SECRET,
+        max_body=lambda: 10_000,
+        observe=lambda op, seconds, error: observed.append((op, error)),
+        already_handled=marker,
+    )
+    return app, marker
+
+
+def test_a_stream_serves_framed_calls_until_the_peer_closes(stream_app, store, observed):
+    app, marker = stream_app
+    ours, theirs = socket.socketpair()
+    result = {}
+    server = threading.Thread(
+        target=lambda: result.update(out=app(_stream_environ(theirs), None)), daemon=True
+    )
+    server.start()
+    f = ours.makefile("rb")
+    assert f.readline() == b"HTTP/1.1 101 Switching Protocols\r\n"
+    while f.readline() != b"\r\n":
+        pass
+    ours.sendall(_frame("set", orjson.dumps({"key": "k", "value": "[1]", "binary": False})))
+    status, headers, body = _read_answer(f)
+    assert status == 200
+    assert headers["X-Cache-Internal"] == "1"
+    assert orjson.loads(body)["version"] == headers["X-Version"]
+    ours.sendall(_frame("get", b'{"key":"k"}') + _frame("get", b'{"key":"nope"}'))  # pipelined
+    assert _read_answer(f)[::2] == (200, b"[1]")
+    status, _, body = _read_answer(f)
+    assert (status, error_code(body)) == (404, "not_found")
+    ours.sendall(_frame("flushall", b"{}") + _frame("get", b"{"))
+    assert error_code(_read_answer(f)[2]) == "unknown_operation"
+    assert error_code(_read_answer(f)[2]) == "bad_json"
+    f.close()
+    ours.close()  # the last reference: now the peer sees the end of the stream
+    server.join(timeout=WAIT_S)
+    assert result["out"] is marker  # the server is told the app kept the connection
+    assert store.peek("k").value == b"[1]"
+    assert ("internal_stream", False) in observed
+    assert ("internal_set", False) in observed
+
+
+def test_a_stream_closes_on_an_oversized_frame(stream_app, store):
+    app, _ = stream_app
+    ours, theirs = socket.socketpair()
+    server = threading.Thread(target=lambda: app(_stream_environ(theirs), None), daemon=True)
+    server.start()
+    f = ours.makefile("rb")
+    while f.readline() != b"\r\n":
+        pass
+    ours.sendall(struct.pack(">IB", 50_000_000, 3) + b"set")
+    assert f.read(1) == b""  # closed, nothing answered or stored
+    server.join(timeout=WAIT_S)
+    assert store.peek("k") is None
+
+
+@pytest.mark.parametrize(
+    ("environ_args", "status", "code"),
+    [
+        ({"secret": None}, 403, "forbidden"),
+        ({"secret": "wrong"}, 403, "forbidden"),
+        ({"upgrade": "websocket"}, 404, "unknown_operation"),
+    ],
+)
+def test_an_upgrade_needs_the_secret_and_the_protocol(stream_app, environ_args, status, code):
+    app, marker = stream_app
+    ours, theirs = socket.socketpair()
+    seen = {}
+    out = app(_stream_environ(theirs, **environ_args), lambda s, h: seen.update(status=s))
+    assert out is not marker
+    assert seen["status"].startswith(str(status))
+    assert error_code(b"".join(out)) == code
+    ours.close()
+    theirs.close()
+
+
+def test_a_node_without_streams_answers_501(app):
+    """Without the server's marker (not a gevent worker) the upgrade is refused, and a
+    coordinator falls back to one HTTP request per call."""
+    ours, theirs = socket.socketpair()
+    seen = {}
+    out = app(_stream_environ(theirs), lambda s, h: seen.update(status=s))
+    assert seen["status"].startswith("501")
+    assert error_code(b"".join(out)) == "streams_unavailable"
+    ours.close()
+    theirs.close()

@@ -116,3 +116,67 @@ def test_nodes_on_one_machine_open_no_gunicorn_control_socket(registry, tmp_path
     for node in (first, second):
         assert "Control server" not in node.log()
         assert "[ERROR]" not in node.log()
+
+
+def test_peers_send_internal_calls_to_a_gevent_node_on_one_stream(registry, tmp_path):
+    """Against a real node (gunicorn, gevent), a coordinator's calls go as frames on one
+    upgraded connection, not as an HTTP request each."""
+    import time
+
+    from cacheapi.peers import PeerClient, PeerError
+    from nodes.ring import RingNode
+
+    proc = NodeProcess(registry, "n1", tmp_path, CACHE_SECRET="stream-test-secret")
+    try:
+        proc.start().wait_ready()
+        peers = PeerClient(secret="stream-test-secret", timeout=2.0, clock_now=time.monotonic)
+        owner = RingNode(name="n1", url=proc.url)
+        big = b'{"n":123456789012345678901234567890}'
+        version = peers.set(owner, "k", big, False, 30.0)
+        entry = peers.get(owner, "k")
+        assert (entry.value, entry.version) == (big, version)
+        assert peers.get(owner, "nope") is None
+        assert list(peers.start_get_many(owner, ["k", "nope"]).result()) == ["k"]
+        with pytest.raises(PeerError) as info:
+            peers.incr(owner, "k", 1)  # not an integer: the owner's 409, relayed
+        assert info.value.status == 409
+        stats = requests.get(
+            f"{proc.url}/api/v1/stats", headers={"X-API-Key": registry.api_key}, timeout=5
+        ).json()
+        pool = peers._transport.pool(proc.url)
+        assert len(pool._idle_streams) == 1  # every call went on the one stream
+        assert pool._idle == []  # and none as a plain HTTP request
+    finally:
+        proc.stop()
+    assert stats["ops"]["internal_stream"] == 1
+    assert stats["ops"]["internal_set"] == 1
+    assert stats["ops"]["internal_get"] == 2
+    assert stats["ops"]["internal_get_many"] == 1
+
+
+def test_peers_fall_back_to_one_request_per_call_on_a_gthread_node(registry, tmp_path):
+    """gthread workers cannot hand a connection to the app: the node refuses the upgrade and
+    the coordinator sends each call as an HTTP request (and does not ask again at once)."""
+    import time
+
+    from cacheapi.peers import PeerClient
+    from nodes.ring import RingNode
+
+    proc = NodeProcess(registry, "n1", tmp_path, CACHE_SECRET="stream-test-secret")
+    try:
+        proc.start("--worker-class", "gthread").wait_ready()
+        peers = PeerClient(secret="stream-test-secret", timeout=2.0, clock_now=time.monotonic)
+        owner = RingNode(name="n1", url=proc.url)
+        peers.set(owner, "k", b"1", False, None)
+        assert peers.get(owner, "k").value == b"1"
+        assert peers.start_delete_many(owner, ["k"]).result() == 1
+        pool = peers._transport.pool(proc.url)
+        assert pool._idle_streams == []
+        assert len(pool._idle) == 1  # the refused upgrade's connection, reused for HTTP
+        stats = requests.get(
+            f"{proc.url}/api/v1/stats", headers={"X-API-Key": registry.api_key}, timeout=5
+        ).json()
+    finally:
+        proc.stop()
+    assert "internal_stream" not in stats["ops"]
+    assert stats["ops"]["internal_set"] == 1
