@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import random
@@ -46,6 +47,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import orjson
 import psutil
+import redis_cluster
 import requests
 from load import (
     HttpFanoutTarget,
@@ -348,6 +350,8 @@ class ClusterBench:
         self.client_rows: list[ClientRow] = []
         self.checks: list[Check] = []
         self.profiles: list[Profile] = []
+        self.redis_ref: redis_cluster.Reference | None = None
+        self.redis_note = ""
         self.profile_note = ""
         self.bar: tqdm[Any] | None = None
         self.waited = 0.0
@@ -792,6 +796,16 @@ class ClusterBench:
         profile = 3 * (a.warmup + a.profile_duration) if a.profile else 0.0
         return items * (a.cluster_duration + a.rounds * a.warmup) + client + profile
 
+    def run_redis_reference(self) -> None:
+        """The same batches on one Redis and on a 3-node Redis Cluster (bench/redis_cluster.py)."""
+        reason = "skipped (--no-redis)" if self.args.no_redis else redis_cluster.missing()
+        if reason:
+            self.redis_note = reason
+            return
+        self._describe("reference: one Redis vs a 3-node Redis Cluster")
+        seconds = 1.0 if self.args.quick else 4.0
+        self.redis_ref = redis_cluster.measure(self.keys, self.key_batches, seconds)
+
     def run(self) -> None:
         with tqdm(
             total=round(self.planned_seconds(), 1),
@@ -804,6 +818,7 @@ class ClusterBench:
                 self.build_items()
                 self.run_items()
                 self.run_client()
+                self.run_redis_reference()
                 if self.args.profile:
                     self.run_profiles()
                 for c in self.clusters:
@@ -1000,6 +1015,7 @@ def report(
         "(measured a few seconds apart); its spread shows how much of a difference is noise."
     )
     w("")
+    w(redis_section(bench))
 
     w("## Forwards (the nodes' counters)\n")
     w(
@@ -1134,6 +1150,35 @@ def report(
     return "\n".join(out) + "\n"
 
 
+def redis_section(bench: ClusterBench) -> str:
+    out = [f"## Reference: a batch of {BATCH_KEYS} keys on Redis, one node vs a 3-node cluster\n"]
+    ref = bench.redis_ref
+    if ref is None:
+        out.append(f"Not measured: {bench.redis_note}.\n")
+        return "\n".join(out)
+    smart = find(bench, 3, SMART, OPS[2])
+    ours = cpu_ratio(bench, smart) if smart else None
+    out += [
+        "| system | how a batch is sent | server CPU us / batch | ratio vs one node |",
+        "| --- | --- | ---: | ---: |",
+        f"| Redis {ref.version}, one node | one `MGET` of {BATCH_KEYS} keys "
+        f"| {ref.one_node_us:,.1f} | 1.00 |",
+        f"| Redis {ref.version}, 3-node Redis Cluster | redis-py `mget_nonatomic`: grouped by "
+        f"slot, one pipeline per node | {ref.cluster_us:,.1f} | {ref.ratio:.2f} |",
+        f"| this cache, 3 nodes | smart client: one request per owner "
+        f"| {fmt(cpu_ms(smart), ',.0f')} | {fmt(ours, '.2f')} |",
+        "",
+        "Both Redis servers were started by the benchmark (private `redis-server` processes, no "
+        "persistence), loaded with the same keys and asked for the same batches by one "
+        "redis-py client; CPU is the servers' (psutil). Redis Cluster cannot answer a batch "
+        "across slots in one command, so its clients split it as the smart client does, and "
+        "its servers pay for the split the same way: a batch costs several times its one-node "
+        "cost because each part pays a fixed cost per request (or per command) that the one "
+        "`MGET` paid once.\n",
+    ]
+    return "\n".join(out)
+
+
 def profile_section(bench: ClusterBench) -> str:
     top = max(SIZES)
     out = [f"## Profile: where the CPU goes on {top} nodes (py-spy, a separate pass)\n"]
@@ -1245,6 +1290,26 @@ def observations(bench: ClusterBench) -> list[str]:
             f"{fmt(cpu_ms(find(bench, 1, ONE, OPS[2]), 'key'), '.1f')} on one node; per "
             f"request the CPU is {fmt(cpu_ms(b3, 'request'), ',.0f')} ms / 1k."
         )
+        one_get, one_batch = find(bench, 1, ONE, OPS[0]), find(bench, 1, ONE, OPS[2])
+        fixed, whole = cpu_ms(one_get), cpu_ms(one_batch)
+        if fixed is not None and whole is not None and whole > fixed:
+            work = whole - fixed  # the batch's own work: what a batch costs beyond a GET
+            floor = (req * fixed + work) / whole
+            lines.append(
+                f"Even with no cluster overhead at all, {req:.0f} requests per batch cost at "
+                f"least {req:.0f} x the fixed cost of a request ({fixed:,.0f} ms / 1k, a lone "
+                f"node's GET) plus the batch's own work ({work:,.0f}): {floor:.2f}x a lone "
+                f"node's batch. A ratio of {TARGETS[SMART]:g} would need a fixed cost per "
+                f"request under {work * (TARGETS[SMART] - 1) / (req - TARGETS[SMART]):,.0f} us: "
+                "the range of what Redis spends on a whole command, not of an HTTP request "
+                "served by Python."
+            )
+        if bench.redis_ref is not None:
+            lines.append(
+                f"Redis Cluster pays the same: the same batches cost its 3 servers "
+                f"{bench.redis_ref.ratio:.2f}x the CPU of one Redis answering them with one MGET "
+                f"(this cache's smart client: {fmt(cpu_ratio(bench, b3), '.2f')}x)."
+            )
     for op in OPS:
         smart, fwd = find(bench, top, SMART, op), find(bench, top, FORWARD, op)
         if smart is None or fwd is None:
@@ -1437,7 +1502,15 @@ def write_json(bench: ClusterBench, path: Path, meta: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_bytes(
         orjson.dumps(
-            {**meta, "rows": rows, "client": client, "checks": checks},
+            {
+                **meta,
+                "rows": rows,
+                "client": client,
+                "checks": checks,
+                "redis_cluster_reference": (
+                    dataclasses.asdict(bench.redis_ref) if bench.redis_ref else bench.redis_note
+                ),
+            },
             option=orjson.OPT_INDENT_2,
         )
     )
