@@ -59,6 +59,7 @@ PREFIX = "/internal/v1/"
 STREAM_OP = "stream"  # POST /internal/v1/stream with Upgrade: cache-internal/1
 STREAM_PROTOCOL = "cache-internal/1"
 STREAM_IDLE_SECONDS = 60.0  # an idle stream is closed; the coordinator opens another
+STREAM_FRAME_SECONDS = 30.0  # most time one frame may take to arrive, once it has begun
 _U32 = struct.Struct(">I")
 _ANSWER_HEAD = struct.Struct(">IHH")
 INTERNAL_HEADER = "X-Cache-Internal"  # on every answer of this app: "1", the protocol version
@@ -141,6 +142,36 @@ def _key(body: Mapping[str, Any]) -> str:
 
 def _keys(body: Mapping[str, Any]) -> list[str]:
     return validation.key_list(body)
+
+
+def _read_frame_body(reader: Any, sock: Any, length: int) -> bytearray | None:
+    """``length`` bytes of a frame, read as they arrive (a claimed length costs no memory
+    before its bytes come) within ``STREAM_FRAME_SECONDS``; None if the peer went away."""
+    deadline = time.monotonic() + STREAM_FRAME_SECONDS
+    frame = bytearray()
+    while len(frame) < length:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("a frame took too long to arrive")
+        sock.settimeout(remaining)
+        chunk = reader.read1(min(length - len(frame), 1 << 20))
+        if not chunk:
+            return None
+        frame += chunk
+    sock.settimeout(STREAM_IDLE_SECONDS)
+    return frame
+
+
+def _end_stream(sock: Any) -> None:
+    """Shut the stream down and drain what the peer already sent, so that the server, which
+    reads the connection again once the app is done, finds its end and not frame bytes."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError, ValueError):
+        sock.settimeout(0)
+        for _ in range(64):  # bounded: what was queued before the shutdown
+            if not sock.recv(1 << 16):
+                break
 
 
 def _parse(raw: bytes) -> Mapping[str, Any]:
@@ -271,6 +302,14 @@ class InternalApp:
         self._check_secret(environ)
         if environ.get("HTTP_UPGRADE", "").lower() != STREAM_PROTOCOL:
             raise UnknownOperation(f"{PREFIX}{STREAM_OP} needs Upgrade: {STREAM_PROTOCOL}")
+        if (
+            environ.get("REQUEST_METHOD") != "POST"
+            or environ.get("SERVER_PROTOCOL") != "HTTP/1.1"
+            or (environ.get("CONTENT_LENGTH") or "0") != "0"
+            or "HTTP_TRANSFER_ENCODING" in environ
+        ):
+            # Bytes after the upgrade request would sit in the server's buffer, out of reach.
+            raise errors.InvalidRequest("an upgrade is an HTTP/1.1 POST with an empty body")
         sock = environ.get("gunicorn.socket")
         if self._already_handled is None or sock is None:
             raise StreamsUnavailable("this node serves internal calls over HTTP only")
@@ -281,7 +320,8 @@ class InternalApp:
 
         Request frame: u32 length, u8 operation length, the operation, the JSON body. Answer
         frame: u32 length, u16 status, u16 headers length, the headers (a JSON object), the
-        body. Each call is answered as over HTTP, through the same operations."""
+        body. Each call is answered as over HTTP, through the same operations. The peer sends
+        nothing before the 101."""
         limit = self._max_body() + 256
         reader = None
         try:
@@ -295,28 +335,36 @@ class InternalApp:
             while True:
                 head = reader.read(4)
                 if len(head) < 4:
-                    return  # the peer closed the stream
+                    return  # the peer closed the stream (or left it idle)
                 (length,) = _U32.unpack(head)
-                if length > limit or length < 1:
-                    log.warning("closing an internal stream: a frame of %d bytes", length)
+                if not 1 <= length <= limit:
+                    # Answer, so the coordinator sees a refusal and not a dead node; the rest
+                    # of the frame is dropped with the stream.
+                    too_large = errors.RequestTooLarge(f"frame of {length} bytes; limit {limit}")
+                    self._send_answer(sock, self._finish(self._error(too_large)))
                     return
-                frame = reader.read(length)
-                if len(frame) < length:
+                frame = _read_frame_body(reader, sock, length)
+                if frame is None:
                     return
                 op = frame[1 : 1 + frame[0]].decode("ascii", "replace")
-                raw = frame[1 + frame[0] :]
-                status, body, headers = self._answer(op, functools.partial(self._dispatch, op, raw))
-                meta = orjson.dumps(dict(headers))
-                head = _ANSWER_HEAD.pack(4 + len(meta) + len(body), status, len(meta))
-                sock.sendall(head + meta + body)
+                raw = bytes(frame[1 + frame[0] :])
+                answer = self._answer(op, functools.partial(self._dispatch, op, raw))
+                self._send_answer(sock, answer)
                 self._pause(0)
-        except (OSError, ValueError):  # reset, idle timeout, shutdown
+        except (OSError, ValueError):  # reset, idle or frame timeout
             return
+        except Exception:  # a bug: close this stream, never hand it back half-read
+            log.exception("internal stream failed")
         finally:
             if reader is not None:
                 reader.close()
-            with contextlib.suppress(OSError):  # the server then reads end-of-stream and closes
-                sock.shutdown(socket.SHUT_RDWR)
+            _end_stream(sock)
+
+    @staticmethod
+    def _send_answer(sock: Any, answer: Answer) -> None:
+        status, body, headers = answer
+        meta = orjson.dumps(dict(headers))
+        sock.sendall(_ANSWER_HEAD.pack(4 + len(meta) + len(body), status, len(meta)) + meta + body)
 
     def _read_body(self, environ: dict[str, Any]) -> bytes:
         limit = self._max_body()

@@ -12,6 +12,7 @@ Works with gevent's patched sockets and with real threads.
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import ssl
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 import orjson
 
 MAX_HEADER_LINE = 65536
+log = logging.getLogger(__name__)
 
 
 class TransportError(OSError):
@@ -32,10 +34,18 @@ class TransportError(OSError):
 
 
 class StreamsRefused(Exception):
-    """The peer answers one HTTP request per call, not streams (for now)."""
+    """No stream to send on now: the peer refused streams lately, or none is open yet (one is
+    being opened in the background). The caller sends the call as an HTTP request instead."""
 
 
 STREAM_RETRY_SECONDS = 60.0  # after a refused upgrade, ask again this much later
+# Reuse an idle connection only while the peer surely still keeps it: gunicorn closes idle
+# keep-alive connections after 30 s, an owner closes an idle stream after 60 s
+# (cacheapi.internal.STREAM_IDLE_SECONDS). A connection closed just as a call goes out would
+# fail that call, so connections are retired well before.
+HTTP_MAX_IDLE_SECONDS = 20.0
+STREAM_MAX_IDLE_SECONDS = 45.0
+MAX_ANSWER_FRAME = 1 << 31  # bytes; a bigger length is a broken stream, not an answer
 _REQUEST_HEAD = struct.Struct(">IB")  # frame length, operation length
 _ANSWER_HEAD = struct.Struct(">IHH")  # frame length, status, headers length
 
@@ -66,11 +76,12 @@ class Response:
 
 
 class _Connection:
-    __slots__ = ("reader", "sock")
+    __slots__ = ("idle_since", "reader", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = sock.makefile("rb")
+        self.idle_since = time.monotonic()
 
     def close(self) -> None:
         try:
@@ -116,6 +127,7 @@ class Pool:
         self._idle: list[_Connection] = []
         self._idle_streams: list[_Connection] = []
         self._streams_refused_until = 0.0
+        self._opening_stream = False
         self._lock = threading.Lock()
         self._max_idle = max_idle
 
@@ -128,18 +140,24 @@ class Pool:
         return _Connection(sock)
 
     def _checkout(self) -> _Connection:
+        conn = self._idle_connection(self._idle, HTTP_MAX_IDLE_SECONDS)
+        return conn if conn is not None else self._connect()
+
+    def _idle_connection(self, idle: list[_Connection], max_age: float) -> _Connection | None:
+        """The most recently used idle connection still fit for a call, or None."""
         while True:
             with self._lock:
-                conn = self._idle.pop() if self._idle else None
+                conn = idle.pop() if idle else None
             if conn is None:
-                return self._connect()
-            if not conn.dropped():
+                return None
+            if time.monotonic() - conn.idle_since < max_age and not conn.dropped():
                 conn.sock.settimeout(self.timeout)
                 return conn
             conn.close()
 
     def _checkin(self, conn: _Connection, *, stream: bool = False) -> None:
         idle = self._idle_streams if stream else self._idle
+        conn.idle_since = time.monotonic()
         with self._lock:
             if len(idle) < self._max_idle:
                 idle.append(conn)
@@ -175,19 +193,22 @@ class Pool:
     # Streams: a connection upgraded once (``upgrade`` request: path and headers, answered
     # 101) then carries one call after another as frames, with no HTTP to parse per call.
     def send_frame(self, upgrade: tuple[str, Mapping[str, str], str], op: str, body: bytes) -> Call:
-        """Send one framed call on a stream to this peer; read it with ``Call.response()``.
+        """Send one framed call on an idle stream to this peer; read it with
+        ``Call.response()``.
 
-        ``upgrade`` is (path, headers, protocol). Raises StreamsRefused when the peer does not
-        upgrade (it answered anything but 101 within the last ``STREAM_RETRY_SECONDS``); the
-        caller then sends the call as an HTTP request instead."""
+        ``upgrade`` is (path, headers, protocol). Raises StreamsRefused when there is no idle
+        stream (one is then opened in the background) or the peer refused the upgrade within
+        the last ``STREAM_RETRY_SECONDS``; the caller sends the call as HTTP instead."""
         if time.monotonic() < self._streams_refused_until:
             raise StreamsRefused(f"{self.host}:{self.port} does not upgrade to streams")
+        conn = self._idle_connection(self._idle_streams, STREAM_MAX_IDLE_SECONDS)
+        if conn is None:
+            # Opening a stream takes a round trip (the upgrade's 101), which must not hold up
+            # a batch's sends: this call goes as HTTP, and a stream opens in the background.
+            self._open_stream_later(upgrade)
+            raise StreamsRefused(f"no idle stream to {self.host}:{self.port} yet")
         name = op.encode("ascii")
         frame = _REQUEST_HEAD.pack(1 + len(name) + len(body), len(name)) + name + body
-        try:
-            conn = self._checkout_stream(upgrade)
-        except OSError as exc:
-            raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
         deadline = time.monotonic() + self.timeout
         try:
             conn.sock.sendall(frame)
@@ -196,16 +217,23 @@ class Pool:
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
         return Call(self, conn, "", deadline, stream=True)
 
-    def _checkout_stream(self, upgrade: tuple[str, Mapping[str, str], str]) -> _Connection:
-        while True:
-            with self._lock:
-                conn = self._idle_streams.pop() if self._idle_streams else None
-            if conn is None:
-                return self._open_stream(upgrade)
-            if not conn.dropped():  # an idle stream the peer closed is noticed here
-                conn.sock.settimeout(self.timeout)
-                return conn
-            conn.close()
+    def _open_stream_later(self, upgrade: tuple[str, Mapping[str, str], str]) -> None:
+        """Open one stream in a background thread (a greenlet under gevent), one at a time."""
+        with self._lock:
+            if self._opening_stream:
+                return
+            self._opening_stream = True
+
+        def run() -> None:
+            try:
+                self._checkin(self._open_stream(upgrade), stream=True)
+            except (OSError, StreamsRefused) as exc:
+                log.debug("no stream to %s:%s: %s", self.host, self.port, exc)
+            finally:
+                with self._lock:
+                    self._opening_stream = False
+
+        threading.Thread(target=run, name="open-stream", daemon=True).start()
 
     def _open_stream(self, upgrade: tuple[str, Mapping[str, str], str]) -> _Connection:
         path, headers, protocol = upgrade
@@ -222,8 +250,9 @@ class Pool:
             conn.close()
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
         if response.status == 101:
+            conn.sock.settimeout(self.timeout)
             return conn
-        if keep and response.status < 500:
+        if keep and response.status >= 200:  # a full answer was read: clean for HTTP
             self._checkin(conn)
         else:
             conn.close()
@@ -356,13 +385,16 @@ def _read_frame(reader: object) -> Response:
     if len(head) < _ANSWER_HEAD.size:
         raise TransportError("connection closed by the peer")
     length, status, meta_length = _ANSWER_HEAD.unpack(head)
-    if length < 4 + meta_length:
-        raise TransportError("a malformed answer frame")
+    if not 4 + meta_length <= length <= MAX_ANSWER_FRAME:
+        raise TransportError(f"a malformed answer frame ({length} bytes)")
     rest = reader.read(length - 4)  # type: ignore[attr-defined]
     if len(rest) != length - 4:
         raise TransportError("connection closed mid-frame")
+    meta = orjson.loads(rest[:meta_length])
+    if not isinstance(meta, dict):
+        raise TransportError("the answer frame's headers are not a JSON object")
     headers = Headers()
-    for name, value in orjson.loads(rest[:meta_length]).items():
+    for name, value in meta.items():
         headers[name] = str(value)
     return Response(status, headers, rest[meta_length:])
 

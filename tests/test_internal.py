@@ -638,6 +638,7 @@ def _stream_environ(sock, secret=SECRET, upgrade="cache-internal/1"):
         "CONTENT_LENGTH": "0",
         "gunicorn.socket": sock,
         "HTTP_UPGRADE": upgrade,
+        "SERVER_PROTOCOL": "HTTP/1.1",
     }
     if secret is not None:
         environ["HTTP_X_CLUSTER_SECRET"] = secret
@@ -701,7 +702,9 @@ def test_a_stream_serves_framed_calls_until_the_peer_closes(stream_app, store, o
     assert ("internal_set", False) in observed
 
 
-def test_a_stream_closes_on_an_oversized_frame(stream_app, store):
+def test_a_stream_answers_an_oversized_frame_413_then_closes(stream_app, store):
+    """Refused, not silently dropped: the coordinator must see a refusal (a bad gateway for
+    its client), not what looks like a dead node."""
     app, _ = stream_app
     ours, theirs = socket.socketpair()
     server = threading.Thread(target=lambda: app(_stream_environ(theirs), None), daemon=True)
@@ -709,10 +712,34 @@ def test_a_stream_closes_on_an_oversized_frame(stream_app, store):
     f = ours.makefile("rb")
     while f.readline() != b"\r\n":
         pass
-    ours.sendall(struct.pack(">IB", 50_000_000, 3) + b"set")
-    assert f.read(1) == b""  # closed, nothing answered or stored
+    ours.sendall(struct.pack(">IB", 50_000_000, 3) + b"set" + b"x" * 1000)
+    status, headers, body = _read_answer(f)
+    assert (status, error_code(body)) == (413, "request_too_large")
+    assert headers["X-Cache-Internal"] == "1"
+    assert f.read(1) == b""  # then closed
     server.join(timeout=WAIT_S)
+    assert not server.is_alive()
     assert store.peek("k") is None
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"CONTENT_LENGTH": "5"},
+        {"HTTP_TRANSFER_ENCODING": "chunked"},
+        {"REQUEST_METHOD": "GET"},
+        {"SERVER_PROTOCOL": "HTTP/1.0"},
+    ],
+)
+def test_an_upgrade_must_be_an_empty_http11_post(stream_app, extra):
+    app, marker = stream_app
+    ours, theirs = socket.socketpair()
+    seen = {}
+    out = app({**_stream_environ(theirs), **extra}, lambda s, h: seen.update(status=s))
+    assert out is not marker
+    assert seen["status"].startswith("400")
+    ours.close()
+    theirs.close()
 
 
 @pytest.mark.parametrize(

@@ -593,3 +593,44 @@ def test_idle_check_by_peek():
     assert _Connection(ours2).dropped()  # closed by the peer
     conn.close()
     _Connection(ours2).close()
+
+
+def test_a_stream_is_never_opened_in_the_send_phase():
+    """Opening a stream waits for the peer's 101; a batch's sends must not. With no idle
+    stream the call is refused at once (the caller sends it as HTTP) and a stream is opened
+    in the background, even toward a peer that never answers."""
+    from cacheapi.transport import StreamsRefused
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts nothing, ever
+        port = listener.getsockname()[1]
+        pool = Pool(f"http://127.0.0.1:{port}", timeout=TIMEOUT, ssl_context=None)
+        started = time.monotonic()
+        with pytest.raises(StreamsRefused):
+            pool.send_frame(("/internal/v1/stream", {}, "cache-internal/1"), "get", b"{}")
+        assert time.monotonic() - started < TIMEOUT / 2
+        poll_until(lambda: not pool._opening_stream, timeout=WAIT)  # gave up after TIMEOUT
+        assert pool._idle_streams == []
+
+
+def test_connections_idle_too_long_are_retired_not_reused():
+    from cacheapi import transport
+    from cacheapi.transport import _Connection
+
+    pool = Pool("http://127.0.0.1:9", timeout=TIMEOUT, ssl_context=None)
+    fresh, stale = socket.socketpair(), socket.socketpair()
+    young, old = _Connection(fresh[0]), _Connection(stale[0])
+    pool._checkin(old)
+    pool._checkin(young)
+    old.idle_since -= transport.HTTP_MAX_IDLE_SECONDS + 1
+    assert pool._idle_connection(pool._idle, transport.HTTP_MAX_IDLE_SECONDS) is young
+    assert pool._idle_connection(pool._idle, transport.HTTP_MAX_IDLE_SECONDS) is None
+    assert stale[1].recv(1) == b""  # the stale one was closed
+    young.close()
+    for s in (*fresh, stale[1]):
+        s.close()
+
+
+def test_owners_keep_idle_streams_longer_than_coordinators_reuse_them():
+    from cacheapi import internal, transport
+
+    assert transport.STREAM_MAX_IDLE_SECONDS + 10 <= internal.STREAM_IDLE_SECONDS
