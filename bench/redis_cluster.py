@@ -10,7 +10,6 @@ keys as the cluster benchmark, and measured by the servers' CPU per batch, like 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from servers import free_port  # below the ephemeral range: the bus port (+10000) stays valid
 
 VALUE = b"x" * 105  # about the size of the benchmark's JSON values
 
@@ -46,12 +46,6 @@ def missing() -> str | None:
     except ImportError:
         return "redis-py is not installed"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu(procs: Sequence[subprocess.Popen[bytes]]) -> float:
@@ -86,9 +80,9 @@ def measure(keys: Sequence[str], batches: Sequence[Sequence[str]], seconds: floa
                 time.sleep(0.05)
 
     try:
-        one_port = _free_port()
+        one_port = free_port()
         one = start(one_port, cluster=False)
-        ports = [_free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(3)]
         members = [start(p, cluster=True) for p in ports]
         subprocess.run(
             [

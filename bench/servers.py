@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,10 @@ import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(1, str(ROOT))
+
+from tests.processes import free_port  # noqa: E402 - one port picker for tests and benchmarks
+
 PYTHON = sys.executable
 
 # Inherited settings that would change what is measured (a debug server, an access log, a
@@ -38,12 +41,6 @@ _DROPPED_ENV_PREFIXES = ("CACHE_",)
 _DROPPED_ENV = {"DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY"}
 
 _live: list[Node] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
