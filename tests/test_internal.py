@@ -11,7 +11,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import orjson
 import pytest
@@ -357,18 +357,25 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-@pytest.fixture
-def served(app: InternalApp) -> Iterator[RingNode]:
-    """The owner's app on a real local port (wsgiref, one thread)."""
-    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+@contextlib.contextmanager
+def _serving(wsgi_app, name: str = "odd") -> Iterator[RingNode]:
+    """``wsgi_app`` on a real local port (wsgiref, one thread), as a ring node."""
+    server = make_server("127.0.0.1", 0, wsgi_app, handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
-        yield RingNode(name="owner", url=f"http://127.0.0.1:{server.server_port}")
+        yield RingNode(name=name, url=f"http://127.0.0.1:{server.server_port}")
     finally:
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+@pytest.fixture
+def served(app: InternalApp) -> Iterator[RingNode]:
+    """The owner's app on a real local port."""
+    with _serving(app, "owner") as node:
+        yield node
 
 
 @pytest.fixture
@@ -452,19 +459,10 @@ def test_an_answer_from_something_else_is_a_bad_gateway(peers):
         start_response("404 Not Found", [("Content-Length", str(len(body)))])
         return [body]
 
-    server = make_server("127.0.0.1", 0, not_internal, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        old = RingNode(name="old", url=f"http://127.0.0.1:{server.server_port}")
-        with pytest.raises(PeerError) as info:
-            peers.get(old, "k")
-        assert (info.value.status, info.value.code) == (502, "bad_gateway")
-        assert "older version" in str(info.value)
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    with _serving(not_internal, "old") as old, pytest.raises(PeerError) as info:
+        peers.get(old, "k")
+    assert (info.value.status, info.value.code) == (502, "bad_gateway")
+    assert "older version" in str(info.value)
 
 
 def test_a_node_that_refuses_is_unavailable(peers):
@@ -541,19 +539,6 @@ def _headed(status: str, body: bytes, *extra: tuple[str, str]):
         return [body]
 
     return app
-
-
-@contextlib.contextmanager
-def _serving(wsgi_app) -> Iterator[RingNode]:
-    server = make_server("127.0.0.1", 0, wsgi_app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield RingNode(name="odd", url=f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
 
 
 @pytest.mark.parametrize(
