@@ -81,7 +81,7 @@ class PeerClient:
             RING_HEADER: str(self._ring_version()),
         }
         try:
-            response = self._transport.request(node.url.rstrip("/"), method, path, headers)
+            response = self._transport.send(node.url.rstrip("/"), method, path, headers).response()
         except OSError as exc:
             log.warning("call to %s %s failed: %s", node.name, path, exc)
             raise PeerUnavailable(node.name, str(exc)) from exc

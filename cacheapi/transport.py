@@ -177,13 +177,17 @@ class Pool:
             conn = self._checkout()
         except OSError as exc:  # refused, unreachable, connect timeout, TLS handshake
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
+        return self._put(conn, payload, method)
+
+    def _put(self, conn: _Connection, payload: bytes, method: str, stream: bool = False) -> Call:
+        """Write a request on ``conn``; its answer is due within the timeout from now."""
         deadline = time.monotonic() + self.timeout
         try:
             conn.sock.sendall(payload)
         except OSError as exc:
             conn.close()
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
-        return Call(self, conn, method, deadline)
+        return Call(self, conn, method, deadline, stream=stream)
 
     def request(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
@@ -209,13 +213,7 @@ class Pool:
             raise StreamsRefused(f"no idle stream to {self.host}:{self.port} yet")
         name = op.encode("ascii")
         frame = _REQUEST_HEAD.pack(1 + len(name) + len(body), len(name)) + name + body
-        deadline = time.monotonic() + self.timeout
-        try:
-            conn.sock.sendall(frame)
-        except OSError as exc:
-            conn.close()
-            raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
-        return Call(self, conn, "", deadline, stream=True)
+        return self._put(conn, frame, "", stream=True)
 
     def _open_stream_later(self, upgrade: tuple[str, Mapping[str, str], str]) -> None:
         """Open one stream in a background thread (a greenlet under gevent), one at a time."""
@@ -432,16 +430,6 @@ class Transport:
                     pool = Pool(base_url, timeout=self.timeout, ssl_context=self._ssl)
                     self._pools[base_url] = pool
         return pool
-
-    def request(
-        self,
-        base_url: str,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        body: bytes | None = None,
-    ) -> Response:
-        return self.pool(base_url).request(method, path, headers, body)
 
     def send(
         self,

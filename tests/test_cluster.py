@@ -239,14 +239,20 @@ def small_cluster(tmp_path):
         yield cluster
 
 
-def test_a_dead_owner_fails_only_its_keys(small_cluster):
-    cluster = small_cluster
-    ring = ring_of(cluster)
-    keys = [f"d-{i}" for i in range(300)]
+def _stored_batch(cluster, prefix: str, count: int = 300) -> list[str]:
+    """``count`` keys stored through n1, each holding its own name."""
+    keys = [f"{prefix}-{i}" for i in range(count)]
     r = cluster.post(
         cluster.nodes[0], "/api/v1/batch/set", {"items": [{"key": k, "value": k} for k in keys]}
     )
-    assert r.json()["stored"] == 300
+    assert r.json()["stored"] == count
+    return keys
+
+
+def test_a_dead_owner_fails_only_its_keys(small_cluster):
+    cluster = small_cluster
+    ring = ring_of(cluster)
+    keys = _stored_batch(cluster, "d")
     dead = cluster.node("n3")
     dead.kill()
     dead_keys = [k for k in keys if ring.primary(k).name == "n3"]
@@ -289,11 +295,7 @@ def test_a_hung_owner_fails_only_its_keys_even_when_read_first(small_cluster):
     live owner whose answer is waiting meanwhile."""
     cluster = small_cluster
     ring = ring_of(cluster)
-    keys = [f"h-{i}" for i in range(300)]
-    r = cluster.post(
-        cluster.nodes[0], "/api/v1/batch/set", {"items": [{"key": k, "value": k} for k in keys]}
-    )
-    assert r.json()["stored"] == 300
+    keys = _stored_batch(cluster, "h")
     hung = cluster.node("n2")
     hung_keys = [k for k in keys if ring.primary(k).name == "n2"]
     live_keys = [k for k in keys if ring.primary(k).name == "n3"]

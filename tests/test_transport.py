@@ -490,7 +490,7 @@ def test_concurrent_threads_get_their_own_answers(server: ScriptedServer) -> Non
             start.wait(WAIT)
             for i in range(calls):
                 path = f"/t{n}/c{i}"
-                response = transport.request(server.url, "GET", path, {"X-Thread": str(n)})
+                response = transport.send(server.url, "GET", path, {"X-Thread": str(n)}).response()
                 if response.status != 200 or response.data != path.encode():
                     wrong.append((path, response.status, response.data))
         except BaseException as exc:
@@ -518,7 +518,7 @@ def test_concurrent_threads_get_their_own_answers(server: ScriptedServer) -> Non
 
 def test_transport_close_closes_idle_connections(server: ScriptedServer) -> None:
     transport = Transport(timeout=TIMEOUT)
-    assert transport.request(server.url, "GET", "/a", {}).data == b"/a"
+    assert transport.send(server.url, "GET", "/a", {}).response().data == b"/a"
     idle = transport.pool(server.url)._idle
     assert len(idle) == 1
 
