@@ -112,11 +112,11 @@ WHITENOISE_USE_FINDERS = True
 DATA_UPLOAD_MAX_MEMORY_SIZE = None
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["cacheapi.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["cacheapi.auth.HasScope"],
-    "DEFAULT_RENDERER_CLASSES": ["cacheapi.renderers.ORJSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["cacheapi.parsers.StrictJSONParser"],
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "cacheapi.negotiation.FastNegotiation",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["cacheapi.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["cacheapi.api.auth.HasScope"],
+    "DEFAULT_RENDERER_CLASSES": ["cacheapi.api.renderers.ORJSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["cacheapi.api.parsers.StrictJSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "cacheapi.api.negotiation.FastNegotiation",
     "DEFAULT_THROTTLE_CLASSES": [],
     "EXCEPTION_HANDLER": "cacheapi.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -133,16 +133,16 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     # Security schemes, the operations' bodies and the operation list: cacheapi.schema.
-    "PREPROCESSING_HOOKS": ["cacheapi.schema.preprocess_endpoints"],
+    "PREPROCESSING_HOOKS": ["cacheapi.api.schema.preprocess_endpoints"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "cacheapi.schema.add_metrics",
+        "cacheapi.api.schema.add_metrics",
     ],
     # PATCH /api/v1/keys/{key} needs its "ttl": no all-optional "Patched" body component.
     "COMPONENT_SPLIT_PATCH": False,
     "ENUM_NAME_OVERRIDES": {
-        "NodeStatusEnum": "cacheapi.schema.NODE_STATUSES",
-        "HealthStatusEnum": "cacheapi.schema.HEALTH_STATUSES",
+        "NodeStatusEnum": "cacheapi.api.schema.NODE_STATUSES",
+        "HealthStatusEnum": "cacheapi.api.schema.HEALTH_STATUSES",
     },
 }
 

@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from cacheapi import views
+from cacheapi.api import views
 from cacheapi.settings import cluster_settings
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ urlpatterns = [
 ]
 
 if cluster_settings.BENCH_ROUTES:
-    from cacheapi import bench_views
+    from cacheapi.api import bench_views
 
     urlpatterns += [path("bench/", include(bench_views.urlpatterns))]
 

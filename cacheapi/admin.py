@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from cacheapi.auth import key_cache
+from cacheapi.api.auth import key_cache
 from cacheapi.models import SCOPES, ApiKey
 
 

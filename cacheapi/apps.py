@@ -7,7 +7,7 @@ class CacheApiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        import cacheapi.schema  # noqa: F401 - registers the OpenAPI extensions
+        import cacheapi.api.schema  # noqa: F401 - registers the OpenAPI extensions
         from cacheapi import checks  # noqa: F401 - registers the system checks
         from cacheapi.metrics import register_collector
 

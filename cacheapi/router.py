@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cacheapi import errors, values
-from cacheapi.peers import PeerClient, PeerUnavailable, Pending
+from cacheapi.peer.client import PeerClient, PeerUnavailable, Pending
 from cacheapi.store import Entry, Store
-from cacheapi.versions import Version
+from cacheapi.store.versions import Version
 from nodes.ring import Ring, RingNode
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from cacheapi import node
-from cacheapi.auth import key_cache
+from cacheapi.api.auth import key_cache
 from cacheapi.metrics import recorder
 
 

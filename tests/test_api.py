@@ -19,7 +19,7 @@ from django.test import Client, override_settings
 from cacheapi import node
 from cacheapi.settings import cluster_settings
 from cacheapi.store import Entry
-from cacheapi.versions import format_version, parse_version
+from cacheapi.store.versions import format_version, parse_version
 from tests.clocks import FakeClock
 
 JSON = "application/json"

@@ -15,7 +15,7 @@ from django.db import connection
 from django.test import Client, override_settings
 
 from cacheapi import node
-from cacheapi.auth import key_cache
+from cacheapi.api.auth import key_cache
 from cacheapi.models import ApiKey
 from cacheapi.settings import cluster_settings
 from cacheapi.store import Entry
@@ -504,7 +504,7 @@ def test_a_registry_outage_keeps_the_last_verdict_and_never_looks_like_a_revocat
 ):
     from django.db import OperationalError
 
-    from cacheapi import auth
+    from cacheapi.api import auth
 
     good = make_key("read,write")
     clock = FakeClock()

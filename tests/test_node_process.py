@@ -123,7 +123,7 @@ def test_peers_send_internal_calls_to_a_gevent_node_on_one_stream(registry, tmp_
     upgraded connection, not as an HTTP request each (after the first, which opens it)."""
     import time
 
-    from cacheapi.peers import PeerClient, PeerError
+    from cacheapi.peer.client import PeerClient, PeerError
     from nodes.ring import RingNode
 
     proc = NodeProcess(registry, "n1", tmp_path, CACHE_SECRET="stream-test-secret")
@@ -162,7 +162,7 @@ def test_peers_fall_back_to_one_request_per_call_on_a_gthread_node(registry, tmp
     the coordinator sends each call as an HTTP request (and does not ask again at once)."""
     import time
 
-    from cacheapi.peers import PeerClient
+    from cacheapi.peer.client import PeerClient
     from nodes.ring import RingNode
 
     proc = NodeProcess(registry, "n1", tmp_path, CACHE_SECRET="stream-test-secret")

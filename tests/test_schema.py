@@ -155,7 +155,7 @@ def test_key_operations_document_headers_and_raw_bytes(schema):
 
 
 def test_schema_generation_leaves_the_real_views_alone(schema):
-    from cacheapi import views
+    from cacheapi.api import views
 
     for action in ("retrieve", "update", "incr"):
         assert not hasattr(getattr(views.KeyViewSet, action), "kwargs")

@@ -19,7 +19,7 @@ from cacheapi.store import (
     StoreError,
     ValueTooLarge,
 )
-from cacheapi.versions import HybridClock, Version, format_version, parse_version
+from cacheapi.store.versions import HybridClock, Version, format_version, parse_version
 from tests.clocks import FakeClock
 
 WALL_START = 1_732_540_000.0  # seconds; the HLC's wall clock in these tests

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cacheapi.transport import Headers, Pool, Transport, TransportError
+from cacheapi.peer.transport import Headers, Pool, Transport, TransportError
 from tests.processes import wait_for as poll_until
 
 TIMEOUT = 0.3  # the client's socket timeout in these tests
@@ -533,7 +533,7 @@ def test_transport_close_closes_idle_connections(server: ScriptedServer) -> None
 
 
 def _call_on_socketpair(deadline_in: float):
-    from cacheapi.transport import Call, _Connection
+    from cacheapi.peer.transport import Call, _Connection
 
     ours, theirs = socket.socketpair()
     pool = Pool("http://127.0.0.1:9", timeout=TIMEOUT, ssl_context=None)
@@ -580,7 +580,7 @@ def test_a_call_is_read_once_and_a_dropped_call_not_at_all():
 
 
 def test_idle_check_by_peek():
-    from cacheapi.transport import _Connection
+    from cacheapi.peer.transport import _Connection
 
     ours, theirs = socket.socketpair()
     conn = _Connection(ours)
@@ -599,7 +599,7 @@ def test_a_stream_is_never_opened_in_the_send_phase():
     """Opening a stream waits for the peer's 101; a batch's sends must not. With no idle
     stream the call is refused at once (the caller sends it as HTTP) and a stream is opened
     in the background, even toward a peer that never answers."""
-    from cacheapi.transport import StreamsRefused
+    from cacheapi.peer.transport import StreamsRefused
 
     with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts nothing, ever
         port = listener.getsockname()[1]
@@ -613,8 +613,8 @@ def test_a_stream_is_never_opened_in_the_send_phase():
 
 
 def test_connections_idle_too_long_are_retired_not_reused():
-    from cacheapi import transport
-    from cacheapi.transport import _Connection
+    from cacheapi.peer import transport
+    from cacheapi.peer.transport import _Connection
 
     pool = Pool("http://127.0.0.1:9", timeout=TIMEOUT, ssl_context=None)
     fresh, stale = socket.socketpair(), socket.socketpair()
@@ -631,6 +631,6 @@ def test_connections_idle_too_long_are_retired_not_reused():
 
 
 def test_owners_keep_idle_streams_longer_than_coordinators_reuse_them():
-    from cacheapi import internal, transport
+    from cacheapi.peer import server as internal, transport
 
     assert transport.STREAM_MAX_IDLE_SECONDS + 10 <= internal.STREAM_IDLE_SECONDS

@@ -17,11 +17,11 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from cacheapi import errors, values
-from cacheapi.internal import INTERNAL_HEADER, STREAM_OP, STREAM_PROTOCOL, encode_value
-from cacheapi.internal import PREFIX as INTERNAL_PREFIX
+from cacheapi.peer.server import INTERNAL_HEADER, STREAM_OP, STREAM_PROTOCOL, encode_value
+from cacheapi.peer.server import PREFIX as INTERNAL_PREFIX
 from cacheapi.store import Entry
-from cacheapi.transport import Call, Response, StreamsRefused, Transport
-from cacheapi.versions import Version, format_version, parse_version
+from cacheapi.peer.transport import Call, Response, StreamsRefused, Transport
+from cacheapi.store.versions import Version, format_version, parse_version
 
 log = logging.getLogger(__name__)
 

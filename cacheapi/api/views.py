@@ -18,11 +18,11 @@ from rest_framework.response import Response
 
 from cacheapi import errors, node, validation, values
 from cacheapi.metrics import recorder
-from cacheapi.parsers import OctetStreamParser, StrictJSONParser
-from cacheapi.peers import HOPS_HEADER, RING_HEADER
-from cacheapi.renderers import OctetStreamRenderer, ORJSONRenderer
+from cacheapi.api.parsers import OctetStreamParser, StrictJSONParser
+from cacheapi.peer.client import HOPS_HEADER, RING_HEADER
+from cacheapi.api.renderers import OctetStreamRenderer, ORJSONRenderer
 from cacheapi.store import Entry
-from cacheapi.versions import format_version, parse_version
+from cacheapi.store.versions import format_version, parse_version
 
 OCTET = "application/octet-stream"
 JSON = "application/json"

@@ -49,9 +49,9 @@ from typing import Any
 import orjson
 
 from cacheapi import errors, validation, values
-from cacheapi.auth import secrets_match
+from cacheapi.api.auth import secrets_match
 from cacheapi.store import Entry, Store, StoreError
-from cacheapi.versions import format_version, parse_version
+from cacheapi.store.versions import format_version, parse_version
 
 log = logging.getLogger(__name__)
 

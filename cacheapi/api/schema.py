@@ -430,7 +430,7 @@ def _is_seed(callback: Any) -> bool:
 
 
 class KeyViewSetSchema(OpenApiViewExtension):
-    target_class = "cacheapi.views.KeyViewSet"
+    target_class = "cacheapi.api.views.KeyViewSet"
 
     def view_replacement(self) -> type:
         if _is_seed(self.target_callback):
@@ -491,7 +491,7 @@ class KeyViewSetSchema(OpenApiViewExtension):
 
 
 class BatchViewSetSchema(OpenApiViewExtension):
-    target_class = "cacheapi.views.BatchViewSet"
+    target_class = "cacheapi.api.views.BatchViewSet"
 
     def view_replacement(self) -> type:
         seed = _is_seed(self.target_callback)
@@ -515,7 +515,7 @@ class BatchViewSetSchema(OpenApiViewExtension):
 
 
 class SyncViewSetSchema(OpenApiViewExtension):
-    target_class = "cacheapi.views.SyncViewSet"
+    target_class = "cacheapi.api.views.SyncViewSet"
 
     def view_replacement(self) -> type:
         return extend_schema_view(
@@ -537,7 +537,7 @@ class SyncViewSetSchema(OpenApiViewExtension):
 
 
 class StatsViewSetSchema(OpenApiViewExtension):
-    target_class = "cacheapi.views.StatsViewSet"
+    target_class = "cacheapi.api.views.StatsViewSet"
 
     def view_replacement(self) -> type:
         stats = PolymorphicProxySerializer(
@@ -572,7 +572,7 @@ class StatsViewSetSchema(OpenApiViewExtension):
 
 
 class FlushViewSetSchema(OpenApiViewExtension):
-    target_class = "cacheapi.views.FlushViewSet"
+    target_class = "cacheapi.api.views.FlushViewSet"
 
     def view_replacement(self) -> type:
         return extend_schema_view(
@@ -593,7 +593,7 @@ class FlushViewSetSchema(OpenApiViewExtension):
 
 
 class RingViewSetSchema(OpenApiViewExtension):
-    target_class = "cacheapi.views.RingViewSet"
+    target_class = "cacheapi.api.views.RingViewSet"
 
     def view_replacement(self) -> type:
         return extend_schema_view(
@@ -612,7 +612,7 @@ class RingViewSetSchema(OpenApiViewExtension):
 
 
 class NodesViewSetSchema(OpenApiViewExtension):
-    target_class = "cacheapi.views.NodesViewSet"
+    target_class = "cacheapi.api.views.NodesViewSet"
 
     def view_replacement(self) -> type:
         return extend_schema_view(
@@ -631,7 +631,7 @@ class NodesViewSetSchema(OpenApiViewExtension):
 
 
 class HealthViewSetSchema(OpenApiViewExtension):
-    target_class = "cacheapi.views.HealthViewSet"
+    target_class = "cacheapi.api.views.HealthViewSet"
 
     def view_replacement(self) -> type:
         return extend_schema_view(
@@ -649,7 +649,7 @@ class HealthViewSetSchema(OpenApiViewExtension):
 
 
 class ApiKeyAuthSchema(OpenApiAuthenticationExtension):
-    target_class = "cacheapi.auth.ApiKeyAuthentication"
+    target_class = "cacheapi.api.auth.ApiKeyAuthentication"
     name = [API_KEY, CLUSTER_SECRET]
 
     def get_security_requirement(self, auto_schema: Any) -> list[dict[str, list[Any]]]:

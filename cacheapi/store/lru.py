@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from cacheapi.versions import HybridClock, Version
+from cacheapi.store.versions import HybridClock, Version
 
 # What incr accepts: JSON integer text as written by our encoder (no spaces, no floats).
 _INTEGER_RE = re.compile(rb"-?[0-9]+")

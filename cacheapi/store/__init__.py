@@ -1,0 +1,29 @@
+"""The node's store: an LRU of encoded values with TTLs and write versions.
+
+No Django and no HTTP here: the store is plain Python, tested with an injected clock.
+"""
+
+from cacheapi.store.lru import (
+    Entry,
+    IntegerOverflow,
+    NotInteger,
+    SetItem,
+    Store,
+    StoreError,
+    ValueTooLarge,
+)
+from cacheapi.store.versions import HybridClock, Version, format_version, parse_version
+
+__all__ = [
+    "Entry",
+    "HybridClock",
+    "IntegerOverflow",
+    "NotInteger",
+    "SetItem",
+    "Store",
+    "StoreError",
+    "ValueTooLarge",
+    "Version",
+    "format_version",
+    "parse_version",
+]
