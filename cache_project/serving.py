@@ -1,12 +1,91 @@
-"""How a node's WSGI app is served under gevent."""
+"""How a node's WSGI app is served: which stack each request goes through, and gevent fairness.
+
+Each request pays only for what means something to it (DESIGN.md, process model):
+
+- ``/internal/`` goes to the peer protocol's app (``cacheapi.peer.server``), without Django;
+- the admin and its static files go through Django's full middleware stack
+  (``settings.MIDDLEWARE``: sessions, CSRF, auth, messages, clickjacking, static files);
+- everything else (the API, the seed routes, ``/health``, ``/metrics``, the schema) goes through
+  ``settings.API_MIDDLEWARE`` only: an API-key client has no session, cookie or form to guard.
+
+This is the only module, with ``gunicorn_conf``, that knows gunicorn and gevent.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from django.conf import settings
+from django.core.handlers.exception import convert_exception_to_response
+from django.core.handlers.wsgi import WSGIHandler
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.module_loading import import_string
+
 # gunicorn's marker for "the app kept the connection" (its async workers honour it).
 from gunicorn.workers.base_async import ALREADY_HANDLED
+
+INTERNAL_PREFIX = "/internal/"
+
+
+class ApiHandler(WSGIHandler):
+    """Django's WSGI handler with ``settings.API_MIDDLEWARE`` instead of ``MIDDLEWARE``.
+
+    Same URLconf, views, signals and error handlers; only the middleware chain differs. Its
+    answers carry Content-Length (the full stack's CommonMiddleware sets it there), so gunicorn
+    need not chunk them."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        handler = convert_exception_to_response(self._get_response)  # type: ignore[attr-defined]
+        for path in reversed(settings.API_MIDDLEWARE):
+            middleware = import_string(path)(handler)
+            if hasattr(middleware, "process_view"):
+                self._view_middleware.insert(0, middleware.process_view)
+            if hasattr(middleware, "process_template_response"):
+                self._template_response_middleware.append(middleware.process_template_response)
+            if hasattr(middleware, "process_exception"):
+                self._exception_middleware.append(middleware.process_exception)
+            handler = convert_exception_to_response(middleware)
+        self._middleware_chain = handler
+
+    def get_response(self, request: HttpRequest) -> HttpResponseBase:
+        response = super().get_response(request)
+        if not response.streaming and not response.has_header("Content-Length"):
+            response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
+        return response
+
+
+def site_prefixes() -> tuple[str, ...]:
+    """Paths that take Django's full stack: the admin and the static files it serves."""
+    static = "/" + settings.STATIC_URL.strip("/") + "/"
+    return ("/admin/", static)
+
+
+class NodeApp:
+    """Sends each request to the stack it needs (see the module docstring)."""
+
+    def __init__(
+        self,
+        api: Callable[..., Any],
+        site: Callable[..., Any],
+        internal: Callable[..., Any],
+        site_prefixes: tuple[str, ...] = ("/admin/", "/static/"),
+    ) -> None:
+        self.api = api
+        self.site = site
+        self.internal = internal
+        self.site_prefixes = site_prefixes
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(INTERNAL_PREFIX):
+            return self.internal(environ, start_response)
+        if path.startswith(self.site_prefixes):
+            return self.site(environ, start_response)
+        return self.api(environ, start_response)
 
 
 class YieldAfterResponse:
@@ -50,6 +129,7 @@ class _Closing:
 
 
 def gevent_sleep() -> Callable[[float], None] | None:
+    """``gevent.sleep`` when this process runs under gevent (sockets patched), else None."""
     try:
         from gevent import monkey, sleep
     except ImportError:
@@ -57,65 +137,18 @@ def gevent_sleep() -> Callable[[float], None] | None:
     return sleep if monkey.is_module_patched("socket") else None
 
 
-# Node-to-node calls: the API under these prefixes, sent with the cluster secret and hops.
-PEER_PREFIXES = ("/api/v1/", "/sync")
-INTERNAL_PREFIX = "/internal/"  # store operations between nodes (cacheapi.internal)
+def node_application(site: Callable[..., Any]) -> Callable[..., Any]:
+    """The WSGI app of a served node around ``site`` (Django's full-stack handler), with the
+    node's background tasks started. Under gevent, internal calls may keep their connection
+    as a stream, and every answer yields to other connections once sent."""
+    from cacheapi import node
 
-
-def is_peer_call(environ: dict[str, Any]) -> bool:
-    return (
-        "HTTP_X_FORWARDED_HOPS" in environ
-        and "HTTP_X_CLUSTER_SECRET" in environ
-        and environ.get("PATH_INFO", "").startswith(PEER_PREFIXES)
+    sleep = gevent_sleep()
+    internal = node.internal_app(
+        already_handled=ALREADY_HANDLED if sleep is not None else None, pause=sleep
     )
-
-
-def peer_handler() -> Any:
-    """A Django handler without the middleware chain, for node-to-node calls.
-
-    Sessions, CSRF, messages, clickjacking and security headers, static files: none of them
-    means anything between two nodes, and together they cost about a fifth of a forwarded
-    request on the owner (bench/results/cluster.md). The views, DRF authentication (which
-    still checks the cluster secret) and the URLconf are the same ones."""
-    from django.core.handlers.exception import convert_exception_to_response
-    from django.core.handlers.wsgi import WSGIHandler
-    from django.http import HttpRequest, HttpResponseBase
-
-    class PeerHandler(WSGIHandler):
-        def load_middleware(self, is_async: bool = False) -> None:
-            self._view_middleware: list[Any] = []
-            self._template_response_middleware: list[Any] = []
-            self._exception_middleware: list[Any] = []
-            get_response = self._get_response  # type: ignore[attr-defined]  # Django's, unstubbed
-
-            def with_length(request: HttpRequest) -> HttpResponseBase:
-                response = get_response(request)
-                if not response.streaming and not response.has_header("Content-Length"):
-                    response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
-                return response
-
-            self._middleware_chain = convert_exception_to_response(with_length)
-
-    return PeerHandler()
-
-
-class PeerShortcut:
-    """Sends node-to-node calls to ``internal_app`` (store operations under ``/internal/``)
-    or ``peer_app`` (the API with hops and the secret), and everything else to ``app``."""
-
-    def __init__(
-        self,
-        app: Callable[..., Any],
-        peer_app: Callable[..., Any],
-        internal_app: Callable[..., Any],
-    ) -> None:
-        self.app = app
-        self.peer_app = peer_app
-        self.internal_app = internal_app
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO", "").startswith(INTERNAL_PREFIX):
-            return self.internal_app(environ, start_response)
-        if is_peer_call(environ):
-            return self.peer_app(environ, start_response)
-        return self.app(environ, start_response)
+    app: Callable[..., Any] = NodeApp(ApiHandler(), site, internal, site_prefixes())
+    if sleep is not None:
+        app = YieldAfterResponse(app, sleep)
+    node.current().start()
+    return app

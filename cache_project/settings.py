@@ -55,6 +55,12 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# What the API's requests (everything but the admin and its static files) go through: an
+# API-key client has no session, cookie or form to guard (cache_project.serving).
+API_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+]
+
 ROOT_URLCONF = "cache_project.urls"
 APPEND_SLASH = False
 
@@ -118,7 +124,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["cacheapi.api.parsers.StrictJSONParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "cacheapi.api.negotiation.FastNegotiation",
     "DEFAULT_THROTTLE_CLASSES": [],
-    "EXCEPTION_HANDLER": "cacheapi.errors.exception_handler",
+    "EXCEPTION_HANDLER": "cacheapi.api.exceptions.exception_handler",
     "UNAUTHENTICATED_USER": None,
     "UNAUTHENTICATED_TOKEN": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

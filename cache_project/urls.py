@@ -66,7 +66,7 @@ if cluster_settings.BENCH_ROUTES:
 
     urlpatterns += [path("bench/", include(bench_views.urlpatterns))]
 
-handler400 = "cacheapi.errors.bad_request"
-handler403 = "cacheapi.errors.permission_denied"
-handler404 = "cacheapi.errors.page_not_found"
-handler500 = "cacheapi.errors.server_error"
+handler400 = "cacheapi.api.exceptions.bad_request"
+handler403 = "cacheapi.api.exceptions.permission_denied"
+handler404 = "cacheapi.api.exceptions.page_not_found"
+handler500 = "cacheapi.api.exceptions.server_error"

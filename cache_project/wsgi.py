@@ -1,21 +1,15 @@
-"""WSGI entry point of a node: the Django app plus the node's background tasks."""
+"""WSGI entry point of a node: Django, split into the API's lean stack and the admin's full
+one, the peer protocol's app in front, and the node's background tasks started."""
 
 import os
 from typing import Any
 
 from django.core.wsgi import get_wsgi_application
 
-from cache_project.serving import PeerShortcut, YieldAfterResponse, gevent_sleep, peer_handler
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cache_project.settings")
 
 django_app = get_wsgi_application()
 
-from cacheapi import node  # noqa: E402 - needs the app registry that get_wsgi_application loads
+from cache_project.serving import node_application  # noqa: E402 - needs the app registry
 
-application: Any = PeerShortcut(django_app, peer_handler(), node.internal_app())
-_sleep = gevent_sleep()
-if _sleep is not None:
-    application = YieldAfterResponse(application, _sleep)
-
-node.start_background()
+application: Any = node_application(django_app)

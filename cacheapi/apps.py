@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 
 
@@ -11,4 +13,10 @@ class CacheApiConfig(AppConfig):
         from cacheapi import checks  # noqa: F401 - registers the system checks
         from cacheapi.metrics import register_collector
 
-        register_collector()
+        register_collector(_current_node)
+
+
+def _current_node() -> Any:
+    from cacheapi.node import current
+
+    return current()

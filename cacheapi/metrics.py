@@ -10,8 +10,8 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,6 +19,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.registry import REGISTRY, Collector
+
+if TYPE_CHECKING:
+    from cacheapi.node import Node
 
 # Upper bounds in seconds; the last bucket is +Inf.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -96,21 +99,20 @@ def _ms(seconds: float | None) -> float | None:
 recorder = Recorder()
 
 
-def count_forward(op: str, node: str) -> None:
-    recorder.forward(op, node)
-
-
 class CacheCollector(Collector):
-    """Reads the recorder and the store when Prometheus scrapes; costs nothing per request."""
+    """Reads the recorder and the store when Prometheus scrapes; costs nothing per request.
+    ``node`` returns this process's node (``cacheapi.node.current``)."""
+
+    def __init__(self, node: Callable[[], Node]) -> None:
+        self._node = node
 
     def describe(self) -> list[Any]:
         # Without this, registering would call collect() and build the node at import time.
         return []
 
     def collect(self) -> Iterator[Any]:
-        from cacheapi import node
-
-        stats = node.store().stats()
+        node = self._node()
+        stats = node.store.stats()
         for name in ("hits", "misses", "sets", "deletes", "evictions", "expirations"):
             counter = CounterMetricFamily(f"cache_{name}", f"Store {name} since start.")
             counter.add_metric([], stats[name])
@@ -124,15 +126,15 @@ class CacheCollector(Collector):
         ratio.add_metric([], stats["hits"] / lookups if lookups else 0.0)
         yield ratio
         ring = GaugeMetricFamily("cache_ring_version", "Version of the ring this node routes by.")
-        ring.add_metric([], node.membership().ring.version)
+        ring.add_metric([], node.ring.version)
         yield ring
         reload_errors = CounterMetricFamily(
             "cache_ring_reload_errors", "Failed reads of the registry (last good ring kept)."
         )
-        reload_errors.add_metric([], node.membership().reload_errors)
+        reload_errors.add_metric([], node.membership.reload_errors)
         yield reload_errors
         up = GaugeMetricFamily("cache_node_up", "1 while this node serves (0 while draining).")
-        up.add_metric([], 0 if node.is_draining() else 1)
+        up.add_metric([], 0 if node.draining else 1)
         yield up
         yield from self._operations()
 
@@ -168,8 +170,8 @@ def _bound_label(bound: float) -> str:
 _registered = False
 
 
-def register_collector() -> None:
+def register_collector(node: Callable[[], Node]) -> None:
     global _registered
     if not _registered:
-        REGISTRY.register(CacheCollector())
+        REGISTRY.register(CacheCollector(node))
         _registered = True

@@ -1,138 +1,170 @@
-"""This process's node: its store, ring view, router and background tasks.
+"""This process's node: one typed object holding its store, ring view, peers and router.
 
-Built lazily on first use (never at import time), so management commands and tests that never
-touch the store open nothing. ``start_background()`` is called by the WSGI entry point only, so
-the sweeper runs in served processes, not in ``manage.py migrate``.
+A node is one gunicorn worker process, so there is exactly one ``Node`` per process. It is
+built lazily on first use (never at import time), so management commands and tests that never
+touch the store open nothing; ``start()`` (called by the WSGI entry point only) starts the
+background tasks, so the sweeper runs in served processes, not in ``manage.py migrate``.
+Nothing here imports gunicorn or gevent: ``cache_project.serving`` passes in what the server
+provides.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
-import gevent
-from gevent import monkey
-from gunicorn.workers.base_async import ALREADY_HANDLED
-
-from cacheapi.peer.server import InternalApp
-from cacheapi.metrics import recorder
+from cacheapi import stats as stats_module
+from cacheapi.metrics import Recorder, recorder
 from cacheapi.peer.client import PeerClient
+from cacheapi.peer.server import InternalApp
 from cacheapi.router import Router
 from cacheapi.settings import cluster_settings
 from cacheapi.store import Store
 from nodes.membership import Membership
+from nodes.ring import Ring
 
 log = logging.getLogger(__name__)
 
+
+class Node:
+    """The store, ring view (membership), peer client and router of this process."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        store: Store,
+        membership: Membership,
+        peers: PeerClient,
+        recorder: Recorder,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.membership = membership
+        self.peers = peers
+        self.recorder = recorder
+        self.router = Router(
+            store=store,
+            node=name,
+            ring=lambda: membership.ring,
+            peers=peers,
+            on_forward=recorder.forward,
+        )
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_settings(cls) -> Node:
+        s = cluster_settings
+        return cls(
+            name=s.NODE_NAME,
+            store=Store(
+                max_bytes=s.MAX_BYTES,
+                max_items=s.MAX_ITEMS,
+                node=s.NODE_NAME,
+                tombstone_ttl=s.TOMBSTONE_TTL,
+            ),
+            membership=Membership(
+                node=s.NODE_NAME,
+                url=s.NODE_URL,
+                vnodes=s.VNODES,
+                replicas=s.REPLICAS,
+                interval=s.RING_RELOAD_INTERVAL,
+            ),
+            peers=PeerClient(
+                secret=s.SECRET,
+                timeout=s.FORWARD_TIMEOUT,
+                ca_certs=s.CA_BUNDLE or None,
+                retry_after=s.PEER_RETRY_SECONDS,
+            ),
+            recorder=recorder,
+        )
+
+    @property
+    def ring(self) -> Ring:
+        return self.membership.ring
+
+    @property
+    def draining(self) -> bool:
+        return self.membership.status == "draining"
+
+    def stats(self) -> dict[str, Any]:
+        """This node's counters, latencies and ring version (``GET /api/v1/stats``)."""
+        return stats_module.node_stats(self.name, self.ring.version, self.store, self.recorder)
+
+    def cluster_stats(self) -> dict[str, Any]:
+        """Every node's stats and their sums; nodes that did not answer are listed."""
+        done = self.router.on_every_node("stats", self.stats, lambda p, n: p.start_stats(n))
+        return stats_module.cluster_stats(done.answers, done.failed)
+
+    def start(self) -> None:
+        """Start the ring watcher and the expiry sweeper (served processes only)."""
+        self.membership.start()
+        threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.membership.stop()
+        self.peers.close()
+
+    def _sweep_forever(self) -> None:
+        while not self._stop.wait(cluster_settings.SWEEP_INTERVAL):
+            try:
+                expired = self.store.sweep(cluster_settings.SWEEP_LIMIT)
+                if expired:
+                    log.debug("swept %d expired keys", expired)
+            except Exception:  # the sweeper must outlive any one bad sweep
+                log.exception("expiry sweep failed")
+
+
 _lock = threading.Lock()
-_state: dict[str, Any] = {}
+_current: Node | None = None
 
 
-def _build() -> dict[str, Any]:
-    s = cluster_settings
-    store = Store(
-        max_bytes=s.MAX_BYTES,
-        max_items=s.MAX_ITEMS,
-        node=s.NODE_NAME,
-        tombstone_ttl=s.TOMBSTONE_TTL,
-    )
-    membership = Membership(
-        node=s.NODE_NAME,
-        url=s.NODE_URL,
-        vnodes=s.VNODES,
-        replicas=s.REPLICAS,
-        interval=s.RING_RELOAD_INTERVAL,
-    )
-    peers = PeerClient(
-        secret=s.SECRET,
-        timeout=s.FORWARD_TIMEOUT,
-        clock_now=store.clock,
-        ring_version=lambda: membership.ring.version,
-        ca_certs=s.CA_BUNDLE or None,
-    )
-    from cacheapi import metrics
-
-    router = Router(
-        store=store,
-        node=s.NODE_NAME,
-        ring=lambda: membership.ring,
-        peers=peers,
-        on_forward=metrics.count_forward,
-    )
-    return {"store": store, "membership": membership, "router": router}
-
-
-def _get(name: str) -> Any:
-    state = _state
-    if not state:
+def current() -> Node:
+    """This process's node, built on first use."""
+    node = _current
+    if node is None:
         with _lock:
-            if not _state:
-                _state.update(_build())
-    return _state[name]
+            node = _current
+            if node is None:
+                node = _set_current(Node.from_settings())
+    return node
 
 
-def store() -> Store:
-    return _get("store")
-
-
-def router() -> Router:
-    return _get("router")
-
-
-def membership() -> Membership:
-    return _get("membership")
-
-
-def internal_app() -> InternalApp:
-    """The WSGI app that serves peers' internal calls on this node's store.
-
-    Under gunicorn's gevent worker it also serves streams (connections that peers upgrade and
-    keep, one frame per call); other workers answer one HTTP request per call."""
-    already_handled: object | None = None
-    pause: Any = lambda seconds: None  # noqa: E731
-    if monkey.is_module_patched("socket"):
-        already_handled, pause = ALREADY_HANDLED, gevent.sleep
-    return InternalApp(
-        store,
-        lambda: cluster_settings.SECRET,
-        # JSON text escaped inside strings can double a client's batch (cacheapi.internal).
-        max_body=lambda: 2 * cluster_settings.MAX_REQUEST_BYTES + (1 << 20),
-        ring_version=lambda: membership().ring.version,
-        observe=recorder.observe,
-        already_handled=already_handled,
-        pause=pause,
-    )
-
-
-def is_draining() -> bool:
-    return membership().status == "draining"
+def _set_current(node: Node) -> Node:
+    global _current
+    _current = node
+    return node
 
 
 def reset() -> None:
-    """Drop the node's state (tests, and after a settings change)."""
+    """Drop this process's node (tests, and after a settings change)."""
+    global _current
     with _lock:
-        membership = _state.get("membership")
-        if membership is not None:
-            membership.stop()
-        _state.clear()
+        node, _current = _current, None
+    if node is not None:
+        node.stop()
 
 
-def _sweep_forever(stop: threading.Event) -> None:
-    while not stop.wait(cluster_settings.SWEEP_INTERVAL):
-        try:
-            expired = store().sweep(cluster_settings.SWEEP_LIMIT)
-            if expired:
-                log.debug("swept %d expired keys", expired)
-        except Exception:  # the sweeper must outlive any one bad sweep
-            log.exception("expiry sweep failed")
+def internal_app(
+    *, already_handled: object | None = None, pause: Callable[[float], None] | None = None
+) -> InternalApp:
+    """The WSGI app that serves peers' internal calls on this process's node.
 
-
-_stop = threading.Event()
-
-
-def start_background() -> None:
-    """Start the expiry sweeper and the ring watcher (served processes only)."""
-    store()
-    membership().start()
-    threading.Thread(target=_sweep_forever, args=(_stop,), name="sweeper", daemon=True).start()
+    ``already_handled`` is the server's marker for "the app kept the connection" (gunicorn's
+    async workers honour it): with it, the app also serves streams, one frame per call, and
+    ``pause`` (``gevent.sleep``) lets other connections run after each framed answer; without
+    it, peers send one HTTP request per call."""
+    return InternalApp(
+        lambda: current().store,
+        lambda: cluster_settings.SECRET,
+        # JSON text escaped inside strings can double a client's batch (cacheapi.peer.server).
+        max_body=lambda: 2 * cluster_settings.MAX_REQUEST_BYTES + (1 << 20),
+        ring_version=lambda: current().ring.version,
+        stats=lambda: current().stats(),
+        observe=recorder.observe,
+        already_handled=already_handled,
+        pause=pause or (lambda seconds: None),
+    )

@@ -1,24 +1,26 @@
-"""The router: between the views and the stores of the ring.
+"""The router: the coordinator between the API and the stores of the ring.
 
 The node that receives a request coordinates it. For each key the router asks the ring for its
-primary: this node serves it from its own store, any other is called with an internal request
-(``cacheapi.peers``). Internal requests (``local=True``) are leaves: served here, never forwarded.
-Batches are grouped by primary and sent to those nodes in parallel; a node that fails costs only
-its own keys, which come back in ``failed``.
+primary: this node serves it from its own store, any other is called over the peer protocol
+(``cacheapi.peer.client``), whose calls are leaves on the owner. Batches are grouped by primary
+and sent to those nodes in parallel; a node that fails costs only its own keys, which come back
+in ``failed``. Cluster-wide calls (stats, flush) go to every node the same way.
+
+The router knows nothing of HTTP: outcomes are return values and the cache's own errors
+(``cacheapi.errors``): ``Unavailable`` (no live owner answered), ``NotFound``,
+``PreconditionFailed``, ``NotInteger``; the API maps them to statuses.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from cacheapi import errors, values
-from cacheapi.peer.client import PeerClient, PeerUnavailable, Pending
-from cacheapi.store import Entry, Store
-from cacheapi.store.versions import Version
+from cacheapi.peer.client import PeerClient, Pending
+from cacheapi.store import Hit, SetItem, Store, StoreError, Version
 from nodes.ring import Ring, RingNode
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,14 @@ class BatchGet:
     failed: list[str] = field(default_factory=list)
 
 
+@dataclass
+class EveryNode:
+    """A cluster-wide call's answers by node name, and the nodes that did not answer."""
+
+    answers: dict[str, Any] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+
 class Router:
     def __init__(
         self,
@@ -47,14 +57,12 @@ class Router:
         node: str,
         ring: Callable[[], Ring],
         peers: PeerClient | None = None,
-        executor: ThreadPoolExecutor | None = None,
         on_forward: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.node = node
         self._ring = ring
         self.peers = peers
-        self._executor = executor
         self._on_forward = on_forward or (lambda op, node: None)
 
     @property
@@ -76,73 +84,100 @@ class Router:
         self._on_forward(op, node.name)
         return self.peers
 
-    def _call(self, op: str, node: RingNode, fn: Callable[[PeerClient], Any]) -> Any:
-        try:
-            return fn(self._remote(op, node))
-        except PeerUnavailable as exc:
-            raise errors.Unavailable(str(exc)) from exc
+    # Single keys.
+    def get(self, key: str) -> Hit | None:
+        """The live value with its TTL left and version, or None on a miss."""
+        node = self.owner(key)
+        hit = self.store.read(key) if node is None else self._remote("get", node).get(node, key)
+        if hit is None or (hit.ttl is not None and hit.ttl <= 0):
+            return None
+        return hit
 
-    # Single keys. ``local``: an internal request, served from this store only.
-    def get(self, key: str, *, local: bool = False) -> Entry | None:
-        node = None if local else self.owner(key)
-        if node is None:
-            return self.store.get(key)
-        return self._call("get", node, lambda p: p.get(node, key))
-
-    def set(
-        self, key: str, value: bytes, binary: bool, ttl: float | None, *, local: bool = False
-    ) -> Version:
-        node = None if local else self.owner(key)
+    def set(self, key: str, value: bytes, binary: bool, ttl: float | None) -> Version:
+        node = self.owner(key)
         if node is None:
             version = self.store.set(key, value, binary=binary, ttl=ttl)
-            assert version is not None  # unversioned writes always apply
-            return version
-        return self._call("set", node, lambda p: p.set(node, key, value, binary, ttl))
+        else:
+            version = self._remote("set", node).set(node, key, value, binary, ttl)
+        assert version is not None  # unconditional writes always apply
+        return version
 
-    def add(
-        self, key: str, value: bytes, binary: bool, ttl: float | None, *, local: bool = False
-    ) -> Version | None:
-        node = None if local else self.owner(key)
+    def add(self, key: str, value: bytes, binary: bool, ttl: float | None) -> Version:
+        """Store only if absent; PreconditionFailed if the key exists."""
+        node = self.owner(key)
         if node is None:
-            return self.store.add(key, value, binary=binary, ttl=ttl)
-        return self._call(
-            "add", node, lambda p: p.set(node, key, value, binary, ttl, if_absent=True)
-        )
+            version = self.store.add(key, value, binary=binary, ttl=ttl)
+        else:
+            peers = self._remote("add", node)
+            version = peers.set(node, key, value, binary, ttl, if_absent=True)
+        if version is None:
+            raise errors.PreconditionFailed(f"key {key!r} already exists")
+        return version
 
     def cas(
-        self,
-        key: str,
-        value: bytes,
-        binary: bool,
-        ttl: float | None,
-        expected: Version,
-        *,
-        local: bool = False,
-    ) -> Version | None:
-        node = None if local else self.owner(key)
+        self, key: str, value: bytes, binary: bool, ttl: float | None, expected: Version | None
+    ) -> Version:
+        """Replace only if the key still has version ``expected`` (None: whatever version it
+        has now, i.e. only if it exists); PreconditionFailed otherwise."""
+        if expected is None:
+            current = self.get(key)
+            if current is None:
+                raise errors.PreconditionFailed(f"key {key!r} does not exist")
+            expected = current.version
+        node = self.owner(key)
         if node is None:
-            return self.store.cas(key, value, expected, binary=binary, ttl=ttl)
-        return self._call(
-            "cas", node, lambda p: p.set(node, key, value, binary, ttl, if_version=expected)
-        )
+            version = self.store.cas(key, value, expected, binary=binary, ttl=ttl)
+        else:
+            peers = self._remote("cas", node)
+            version = peers.set(node, key, value, binary, ttl, if_version=expected)
+        if version is None:
+            raise errors.PreconditionFailed(f"key {key!r} is missing or has another version")
+        return version
 
-    def delete(self, key: str, *, local: bool = False) -> bool:
-        node = None if local else self.owner(key)
+    def delete(self, key: str) -> None:
+        """Remove the key; NotFound if it was absent."""
+        node = self.owner(key)
         if node is None:
-            return self.store.delete(key)
-        return self._call("delete", node, lambda p: p.delete(node, key))
+            deleted = self.store.delete(key)
+        else:
+            deleted = self._remote("delete", node).delete(node, key)
+        if not deleted:
+            raise errors.NotFound(f"no key {key!r}")
 
-    def touch(self, key: str, ttl: float | None, *, local: bool = False) -> bool:
-        node = None if local else self.owner(key)
+    def touch(self, key: str, ttl: float | None) -> None:
+        """Give the key a new TTL; NotFound if it is absent."""
+        node = self.owner(key)
         if node is None:
-            return self.store.touch(key, ttl)
-        return self._call("touch", node, lambda p: p.touch(node, key, ttl))
+            touched = self.store.touch(key, ttl)
+        else:
+            touched = self._remote("touch", node).touch(node, key, ttl)
+        if not touched:
+            raise errors.NotFound(f"no key {key!r}")
 
-    def incr(self, key: str, delta: int, *, local: bool = False) -> tuple[int, Version] | None:
-        node = None if local else self.owner(key)
-        if node is None:
-            return self.store.incr(key, delta)
-        return self._call("incr", node, lambda p: p.incr(node, key, delta))
+    def incr(self, key: str, delta: int) -> tuple[int, Version]:
+        """The new value and version; NotFound if absent, NotInteger if not an integer."""
+        node = self.owner(key)
+        try:
+            if node is None:
+                result = self.store.incr(key, delta)
+            else:
+                result = self._remote("incr", node).incr(node, key, delta)
+        except StoreError as exc:
+            raise errors.from_store_error(exc) from exc
+        except errors.Relayed as exc:
+            if exc.code == errors.NotInteger.code:
+                raise errors.NotInteger(exc.message) from exc
+            raise
+        if result is None:
+            raise errors.NotFound(f"no key {key!r}")
+        return result
+
+    def sync_here(self, items: Iterable[SetItem]) -> tuple[int, int]:
+        """Versioned writes into this node's own store (``POST /sync``, migration); an older
+        version never replaces a newer one. Returns (stored, skipped)."""
+        applied = self.store.set_many(items)
+        stored = sum(1 for v in applied if v is not None)
+        return stored, len(applied) - stored
 
     # Batches: grouped by primary, remote groups in parallel, local group meanwhile.
     def _fan_out(
@@ -151,17 +186,12 @@ class Router:
         keys: Iterable[str],
         local_fn: Callable[[list[str]], Any],
         remote_fn: Callable[[PeerClient, RingNode, list[str]], Pending[Any]],
-        *,
-        local: bool,
     ) -> tuple[list[tuple[list[str], Any]], list[str]]:
         """Run ``local_fn`` on this node's keys and ``remote_fn`` per other owner.
 
         Every remote part is sent before any answer is read, so the owners work in parallel
         (and in parallel with the local part) without a thread per part; each answer is read
         within its own timeout. Returns ([(keys, result)], failed keys)."""
-        if local:
-            keys = list(keys)
-            return [(keys, local_fn(keys))], []
         ring = self.ring
         keys = list(keys)
         groups = ring.group_by_owner(keys)
@@ -178,7 +208,7 @@ class Router:
                 assert node is not None
                 try:
                     pending.append((group, remote_fn(self._remote(op, node), node, group)))
-                except (PeerUnavailable, errors.CacheError) as exc:
+                except errors.CacheError as exc:
                     log.warning("batch %s on %s failed for %d keys: %s", op, name, len(group), exc)
                     failed.extend(group)
             if mine:
@@ -187,7 +217,7 @@ class Router:
                 group, part = pending.pop(0)
                 try:
                     results.append((group, part.result()))
-                except (PeerUnavailable, errors.CacheError) as exc:
+                except errors.CacheError as exc:
                     log.warning(
                         "batch %s on %s failed for %d keys: %s", op, part.node.name, len(group), exc
                     )
@@ -197,43 +227,13 @@ class Router:
                 part.close()
         return results, failed
 
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fanout")
-        return self._executor
-
-    def on_every_node(
-        self, local_fn: Callable[[], Any], method: str, path: str
-    ) -> tuple[dict[str, Any], list[str]]:
-        """Run ``local_fn`` here and the same internal call on every other node, in parallel
-        (disabled nodes are skipped: an operator took them out). Returns (answers, failed)."""
-        ring = self.ring
-        others = [n for n in ring.nodes if n.name != self.node and n.status != "disabled"]
-        pending = []
-        for member in others:
-            peers = self._remote(method.lower(), member)
-            pending.append((member, self._pool().submit(peers.call, member, method, path)))
-        answers: dict[str, Any] = {self.node: local_fn()}
-        failed: list[str] = []
-        for member, future in pending:
-            try:
-                answers[member.name] = future.result()
-            except (PeerUnavailable, errors.CacheError, values.DecodeError) as exc:
-                log.warning("%s %s on %s failed: %s", method, path, member.name, exc)
-                failed.append(member.name)
-        return answers, failed
-
-    def get_many(self, keys: Sequence[str], *, local: bool = False) -> BatchGet:
+    def get_many(self, keys: Sequence[str]) -> BatchGet:
         def here(group: list[str]) -> dict[str, Any]:
             found = self.store.get_many(group)
             return {k: values.to_wire(e.value, e.binary) for k, e in found.items()}
 
         results, failed = self._fan_out(
-            "get_many",
-            keys,
-            here,
-            lambda p, node, group: p.start_get_many(node, group),
-            local=local,
+            "get_many", keys, here, lambda p, node, group: p.start_get_many(node, group)
         )
         found: dict[str, Any] = {}
         for _, part in results:
@@ -245,7 +245,7 @@ class Router:
             failed=failed,
         )
 
-    def set_many(self, items: Sequence[Item], *, local: bool = False) -> BatchResult:
+    def set_many(self, items: Sequence[Item]) -> BatchResult:
         by_key = {item[0]: item for item in items}  # the last write of a key wins
 
         def here(group: list[str]) -> int:
@@ -257,15 +257,52 @@ class Router:
         def there(peers: PeerClient, node: RingNode, group: list[str]) -> Pending[int]:
             return peers.start_set_many(node, [by_key[k] for k in group])
 
-        results, failed = self._fan_out("set_many", list(by_key), here, there, local=local)
+        results, failed = self._fan_out("set_many", list(by_key), here, there)
         return BatchResult(count=sum(n for _, n in results), failed=failed)
 
-    def delete_many(self, keys: Sequence[str], *, local: bool = False) -> BatchResult:
+    def delete_many(self, keys: Sequence[str]) -> BatchResult:
         results, failed = self._fan_out(
             "delete_many",
             keys,
             self.store.delete_many,
             lambda p, node, group: p.start_delete_many(node, group),
-            local=local,
         )
         return BatchResult(count=sum(n for _, n in results), failed=failed)
+
+    # Cluster-wide calls.
+    def on_every_node(
+        self,
+        op: str,
+        local_fn: Callable[[], Any],
+        remote_fn: Callable[[PeerClient, RingNode], Pending[Any]],
+    ) -> EveryNode:
+        """Run ``local_fn`` here and ``remote_fn`` on every other node (disabled nodes are
+        skipped: an operator took them out), all sent before any answer is read."""
+        result = EveryNode()
+        pending: list[Pending[Any]] = []
+        try:
+            for member in self.ring.nodes:
+                if member.name == self.node or member.status == "disabled":
+                    continue
+                try:
+                    pending.append(remote_fn(self._remote(op, member), member))
+                except errors.CacheError as exc:
+                    log.warning("%s on %s failed: %s", op, member.name, exc)
+                    result.failed.append(member.name)
+            result.answers[self.node] = local_fn()
+            while pending:
+                part = pending.pop(0)
+                try:
+                    result.answers[part.node.name] = part.result()
+                except errors.CacheError as exc:
+                    log.warning("%s on %s failed: %s", op, part.node.name, exc)
+                    result.failed.append(part.node.name)
+        finally:
+            for part in pending:
+                part.close()
+        return result
+
+    def flush(self) -> tuple[int, list[str]]:
+        """Empty every node's store; (entries removed, nodes that did not answer)."""
+        done = self.on_every_node("clear", self.store.clear, lambda p, n: p.start_clear(n))
+        return sum(done.answers.values()), done.failed

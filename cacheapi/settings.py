@@ -37,6 +37,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "SECRET": ("", "Cluster secret for node-to-node calls (default: derived from SECRET_KEY)."),
     "AUTH_CACHE_SECONDS": (5.0, "How long a verified API key is trusted without the database."),
     "FORWARD_TIMEOUT": (2.0, "Seconds a coordinator waits for another node."),
+    "PEER_RETRY_SECONDS": (
+        1.0,
+        "After a node times out, calls to it fail at once for this long, then one tries again.",
+    ),
     "CA_BUNDLE": ("", "CA bundle that nodes verify each other's TLS certificates against."),
     "RING_RELOAD_INTERVAL": (1.0, "Seconds between checks of the registry's ring version."),
     "WORKER_CLASS": ("gevent", "gunicorn worker class of a node (gevent or gthread)."),

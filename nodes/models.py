@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable
 from typing import Any, Self
 
 from django.core.validators import RegexValidator
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F
 
 from nodes.ring import Ring, RingNode
@@ -41,7 +41,11 @@ class RingVersion(models.Model):
         """Increment the version; call inside the transaction that changes the membership."""
         with transaction.atomic():
             if not cls.objects.filter(pk=1).update(version=F("version") + 1):
-                cls.objects.create(pk=1, version=1)
+                try:  # the row is made by a migration; this is for a registry emptied by hand
+                    with transaction.atomic():
+                        cls.objects.create(pk=1, version=1)
+                except IntegrityError:  # another process created it meanwhile
+                    cls.objects.filter(pk=1).update(version=F("version") + 1)
             return cls.current()
 
 

@@ -32,7 +32,7 @@ VERSION_RE = re.compile(r"[0-9]+-[0-9]+-n1")
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(node.store(), "clock", fake)
+    monkeypatch.setattr(node.current().store, "clock", fake)
     return fake
 
 
@@ -49,12 +49,12 @@ def data(response: Any) -> Any:
 
 def contents() -> dict[str, Entry]:
     """Every live entry of the node's store, by key."""
-    return {key: entry for chunk in node.store().scan() for key, entry in chunk}
+    return {key: entry for chunk in node.current().store.scan() for key, entry in chunk}
 
 
 def snapshot() -> tuple[dict[str, Entry], dict[str, int]]:
     """What a failed write must leave alone: the entries and the write counters."""
-    stats = node.store().stats()
+    stats = node.current().store.stats()
     return contents(), {k: stats[k] for k in ("items", "bytes", "sets", "deletes")}
 
 
@@ -62,7 +62,7 @@ def seed(
     key: str, value: Any = None, *, raw: bytes | None = None, ttl: float | None = None
 ) -> Entry:
     """Put a value straight into the store (JSON-encoded unless ``raw`` bytes are given)."""
-    store = node.store()
+    store = node.current().store
     if raw is not None:
         store.set(key, raw, binary=True, ttl=ttl)
     else:
@@ -74,7 +74,7 @@ def seed(
 
 def stored(key: str) -> Any:
     """The JSON value the store holds for ``key`` (decoded), or a missing marker."""
-    entry = node.store().peek(key)
+    entry = node.current().store.peek(key)
     if entry is None:
         return MISSING
     assert not entry.binary
@@ -116,7 +116,7 @@ def test_put_returns_key_and_version_and_get_returns_value(api: Client, clock: F
     assert body["key"] == "greeting"
     assert VERSION_RE.fullmatch(body["version"])
     assert r["ETag"] == f'"{body["version"]}"'
-    entry = node.store().peek("greeting")
+    entry = node.current().store.peek("greeting")
     assert entry is not None
     assert json.loads(entry.value) == {"text": "hi", "n": [1, 2]}
     assert not entry.binary
@@ -137,14 +137,14 @@ def test_get_without_ttl_reports_null(api: Client) -> None:
     r = api.get(url("k"))
     assert data(r) == {"key": "k", "value": 1, "ttl": None}
     assert r["X-TTL"] == "none"
-    assert node.store().peek("k").expires_at is None
+    assert node.current().store.peek("k").expires_at is None
 
 
 def test_get_missing_is_404_not_found(api: Client) -> None:
     message = assert_error(api.get(url("nope")), 404, "not_found")
     assert "nope" in message
     assert contents() == {}
-    assert node.store().stats()["misses"] == 1
+    assert node.current().store.stats()["misses"] == 1
 
 
 def test_put_replaces_value_with_a_newer_version(api: Client) -> None:
@@ -154,7 +154,7 @@ def test_put_replaces_value_with_a_newer_version(api: Client) -> None:
     r = api.get(url("k"))
     assert data(r)["value"] == "two"
     assert etag_of(r) == second
-    assert node.store().stats()["items"] == 1
+    assert node.current().store.stats()["items"] == 1
 
 
 def test_head_answers_headers_without_body(api: Client, clock: FakeClock) -> None:
@@ -173,12 +173,12 @@ def test_head_answers_headers_without_body(api: Client, clock: FakeClock) -> Non
 
 def test_patch_touches_ttl(api: Client, clock: FakeClock) -> None:
     put(api, "k", {"value": "v", "ttl": 10})
-    before = node.store().peek("k")
+    before = node.current().store.peek("k")
     r = api.patch(url("k"), {"ttl": 100}, content_type=JSON)
     assert r.status_code == 200
     assert data(r) == {"key": "k", "ttl": 100.0}
     assert data(api.get(url("k")))["ttl"] == 100.0
-    after = node.store().peek("k")
+    after = node.current().store.peek("k")
     assert after.value == before.value
     assert after.expires_at == clock.now + 100
 
@@ -219,7 +219,7 @@ def test_ttl_counts_down_and_expires(api: Client, clock: FakeClock) -> None:
     clock.advance(3.5)
     assert_error(api.get(url("k")), 404, "not_found")
     assert contents() == {}
-    assert node.store().stats()["expirations"] == 1
+    assert node.current().store.stats()["expirations"] == 1
 
 
 def test_fractional_and_maximum_ttl_accepted(api: Client, clock: FakeClock) -> None:
@@ -242,7 +242,7 @@ def test_default_ttl_from_settings(make_client: Callable[..., Client], clock: Fa
             {"items": [{"key": "b1", "value": 1}, {"key": "b2", "value": 2, "ttl": None}]},
             content_type=JSON,
         )
-        ttls = {k: node.store().remaining(e) for k, e in contents().items()}
+        ttls = {k: node.current().store.remaining(e) for k, e in contents().items()}
     assert ttls == {
         "default": 30.0,
         "forever": None,
@@ -303,13 +303,13 @@ def test_incr_missing_is_404_and_creates_nothing(api: Client) -> None:
 def test_incr_non_integer_is_409(api: Client, value: Any) -> None:
     entry = seed("v", value)
     assert_error(api.post(url("v") + "/incr", {}, content_type=JSON), 409, "not_integer")
-    assert node.store().peek("v") == entry
+    assert node.current().store.peek("v") == entry
 
 
 def test_incr_binary_value_is_409(api: Client) -> None:
     entry = seed("b", raw=b"12")
     assert_error(api.post(url("b") + "/incr", {}, content_type=JSON), 409, "not_integer")
-    assert node.store().peek("b") == entry
+    assert node.current().store.peek("b") == entry
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,7 @@ def test_incr_overflow_is_409_and_unchanged(api: Client, start: int, delta: int)
     entry = seed("n", start)
     r = api.post(url("n") + "/incr", {"delta": delta}, content_type=JSON)
     assert_error(r, 409, "not_integer")
-    assert node.store().peek("n") == entry
+    assert node.current().store.peek("n") == entry
     assert stored("n") == start
 
 
@@ -447,8 +447,8 @@ def test_key_ending_in_incr(api: Client, clock: FakeClock) -> None:
 
     r = api.patch("/api/v1/keys/x/incr", {"ttl": 50}, content_type=JSON)
     assert data(r) == {"key": "x/incr", "ttl": 50.0}
-    assert node.store().remaining(node.store().peek("x/incr")) == 50.0
-    assert node.store().peek("x").expires_at is None
+    assert node.current().store.remaining(node.current().store.peek("x/incr")) == 50.0
+    assert node.current().store.peek("x").expires_at is None
 
     assert api.delete("/api/v1/keys/x/incr").status_code == 204
     assert set(contents()) == {"x"}
@@ -490,7 +490,7 @@ def test_binary_put_and_get_all_byte_values(api: Client) -> None:
     r = api.put(url("bin"), ALL_BYTES, content_type=OCTET)
     assert r.status_code == 200
     assert data(r)["key"] == "bin"
-    entry = node.store().peek("bin")
+    entry = node.current().store.peek("bin")
     assert entry.value == ALL_BYTES
     assert entry.binary
 
@@ -515,14 +515,16 @@ def test_binary_put_with_ttl_in_query(api: Client, clock: FakeClock) -> None:
     assert r.content == b"\x00\xff"
     assert r["X-TTL"] == "45.000"
     api.put(url("forever") + "?ttl=null", b"\x01", content_type=OCTET)
-    assert node.store().peek("forever").expires_at is None
+    assert node.current().store.peek("forever").expires_at is None
 
 
 def test_binary_empty_value(api: Client) -> None:
     # Django's test client drops the Content-Type of an empty body; a real client sends it.
     r = api.put(url("empty"), b"", content_type=OCTET, CONTENT_TYPE=OCTET)
     assert r.status_code == 200, r.content
-    assert node.store().peek("empty") == Entry(b"", True, None, parse_version(data(r)["version"]))
+    assert node.current().store.peek("empty") == Entry(
+        b"", True, None, parse_version(data(r)["version"])
+    )
     r = api.get(url("empty"), headers={"Accept": OCTET})
     assert r.status_code == 200
     assert r.content == b""
@@ -535,7 +537,7 @@ def test_binary_value_can_be_conditionally_written(api: Client) -> None:
     assert r.status_code == 200
     r = api.put(url("b"), b"three", content_type=OCTET, headers={"If-None-Match": "*"})
     assert_error(r, 412, "precondition_failed")
-    assert node.store().peek("b").value == b"two"
+    assert node.current().store.peek("b").value == b"two"
 
 
 def test_binary_in_batches(api: Client) -> None:
@@ -603,7 +605,7 @@ def test_json_values_round_trip(api: Client, value: Any) -> None:
     assert r.status_code == 200, r.content
     got = data(api.get(url("k")))["value"]
     assert _same(got, value)
-    assert not node.store().peek("k").binary
+    assert not node.current().store.peek("k").binary
     # The same through the batch calls.
     api.post("/api/v1/batch/set", {"items": [{"key": "b", "value": value}]}, content_type=JSON)
     got = data(api.post("/api/v1/batch/get", {"keys": ["b"]}, content_type=JSON))["values"]["b"]
@@ -621,10 +623,10 @@ def test_deeply_nested_value_round_trips(api: Client) -> None:
 def test_value_of_exactly_the_limit_is_stored(api: Client) -> None:
     text = "x" * (MIB - 2)  # plus its two quotes: exactly 1 MiB encoded
     assert put(api, "big", {"value": text}).status_code == 200
-    assert len(node.store().peek("big").value) == MIB
+    assert len(node.current().store.peek("big").value) == MIB
     r = api.put(url("raw"), b"\x01" * MIB, content_type=OCTET)
     assert r.status_code == 200
-    assert node.store().peek("raw").value == b"\x01" * MIB
+    assert node.current().store.peek("raw").value == b"\x01" * MIB
 
 
 # Batches ------------------------------------------------------------------------------------------
@@ -644,7 +646,7 @@ def test_batch_set_get_delete(api: Client, clock: FakeClock) -> None:
         "b": "two",
         "c/d": {"x": [None]},
     }
-    assert node.store().remaining(node.store().peek("b")) == 10.0
+    assert node.current().store.remaining(node.current().store.peek("b")) == 10.0
 
     r = api.post("/api/v1/batch/get", {"keys": ["a", "zz", "b", "a", "c/d"]}, content_type=JSON)
     assert r.status_code == 200
@@ -767,7 +769,7 @@ def test_flush_empties_the_store(api: Client) -> None:
     assert r.status_code == 200
     assert data(r) == {"flushed": 2, "failed": []}
     assert contents() == {}
-    assert node.store().stats()["bytes"] == 0
+    assert node.current().store.stats()["bytes"] == 0
 
 
 def test_health_is_open() -> None:
@@ -780,7 +782,7 @@ def test_health_is_open() -> None:
 
 
 def test_health_while_draining_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(node, "is_draining", lambda: True)
+    monkeypatch.setattr(node.Node, "draining", property(lambda self: True))
     r = Client().get("/health")
     assert r.status_code == 503
     assert data(r) == {"status": "draining", "node": "n1", "ring_version": 0}
@@ -800,7 +802,7 @@ def test_metrics_are_open_prometheus_text(api: Client) -> None:
     assert float(samples["cache_items"]) == 2
     assert float(samples["cache_hits_total"]) == 1
     assert float(samples["cache_sets_total"]) == 2
-    assert float(samples["cache_bytes"]) == node.store().stats()["bytes"]
+    assert float(samples["cache_bytes"]) == node.current().store.stats()["bytes"]
     assert float(samples["cache_hit_ratio"]) == 1.0
     assert float(samples["cache_node_up"]) == 1
     assert float(samples["cache_ring_version"]) == 0
@@ -999,15 +1001,15 @@ def test_sync_stores_versioned_items_and_newer_wins(peer: Client, clock: FakeClo
     r = peer.post("/sync", {"items": items}, content_type=JSON)
     assert r.status_code == 200
     assert data(r) == {"stored": 2, "skipped": 0}
-    assert node.store().peek("k") == Entry(b'"new"', False, clock.now + 30, (2000, 0, "n2"))
-    assert node.store().peek("bin") == Entry(b"\x00\xff", True, None, (2000, 1, "n2"))
+    assert node.current().store.peek("k") == Entry(b'"new"', False, clock.now + 30, (2000, 0, "n2"))
+    assert node.current().store.peek("bin") == Entry(b"\x00\xff", True, None, (2000, 1, "n2"))
 
     older = [{"key": "k", "value": "old", "version": "1999-5-n3"}]
     same = [{"key": "bin", "value": "replay", "version": "2000-1-n2"}]
     r = peer.post("/sync", {"items": older + same}, content_type=JSON)
     assert data(r) == {"stored": 0, "skipped": 2}
-    assert json.loads(node.store().peek("k").value) == "new"
-    assert node.store().peek("bin").value == b"\x00\xff"
+    assert json.loads(node.current().store.peek("k").value) == "new"
+    assert node.current().store.peek("bin").value == b"\x00\xff"
 
     newer = [{"key": "k", "value": "newest", "version": "2000-0-n9"}]
     assert data(peer.post("/sync", {"items": newer}, content_type=JSON)) == {
@@ -1296,10 +1298,13 @@ def test_format_query_parameter_is_honoured_for_the_schema(api: Client) -> None:
     assert r.json()["openapi"].startswith("3.")
 
 
-def test_bad_hops_header_is_400(api: Client) -> None:
+def test_hops_header_means_nothing_on_the_public_api(api: Client) -> None:
+    # Node-to-node calls use the peer protocol (/internal/v1/), never the API with hops.
     seed("k", 1)
-    r = api.get(url("k"), headers={"X-Forwarded-Hops": "many"})
-    assert_error(r, 400, "invalid_request")
+    for hops in ("many", "1", "5"):
+        r = api.get(url("k"), headers={"X-Forwarded-Hops": hops})
+        assert r.status_code == 200
+        assert r.json()["value"] == 1
 
 
 @pytest.mark.parametrize(
@@ -1330,7 +1335,7 @@ def test_request_body_over_the_limit_is_413(
     with override_settings(CACHE_CLUSTER={"MAX_REQUEST_BYTES": 100}):
         r = api.put(url("k"), b"\x00" * 100, content_type=OCTET)
     assert r.status_code == 200
-    assert node.store().peek("k").value == b"\x00" * 100
+    assert node.current().store.peek("k").value == b"\x00" * 100
 
 
 def test_if_none_match_other_than_star_is_refused_and_changes_nothing(api: Client) -> None:
@@ -1353,7 +1358,7 @@ def no_live_node(monkeypatch: pytest.MonkeyPatch) -> None:
     from nodes.ring import Ring, RingNode
 
     ring = Ring([RingNode("n1", "http://127.0.0.1:1", status="draining")], version=7)
-    monkeypatch.setattr(node.membership(), "_ring", ring)
+    monkeypatch.setattr(node.current().membership, "_ring", ring)
 
 
 def test_batches_with_no_live_owner_fail_every_key(api: Client, no_live_node: None) -> None:

@@ -29,15 +29,15 @@ def data(response: Any) -> Any:
 
 
 def contents() -> dict[str, Entry]:
-    return {key: entry for chunk in node.store().scan() for key, entry in chunk}
+    return {key: entry for chunk in node.current().store.scan() for key, entry in chunk}
 
 
 def seed(key: str, value: Any) -> None:
-    node.store().set(key, json.dumps(value).encode())
+    node.current().store.set(key, json.dumps(value).encode())
 
 
 def stored(key: str) -> Any:
-    entry = node.store().peek(key)
+    entry = node.current().store.peek(key)
     return None if entry is None else json.loads(entry.value)
 
 
@@ -207,7 +207,7 @@ def test_scopes_are_enforced_per_action(
     make_key: Callable[..., str], method: str, path: str, body: Any, needed: str, success: int
 ) -> None:
     for scopes in KEY_SCOPES:
-        node.store().clear()
+        node.current().store.clear()
         seed("k", 1)
         before = contents()
         r = call(key_client(make_key(scopes)), method, path, body)

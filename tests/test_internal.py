@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cacheapi import errors
-from cacheapi.peer.server import INTERNAL_HEADER, InternalApp, decode_value, encode_value
-from cacheapi.peer.client import PeerClient, PeerError, PeerUnavailable
+from cacheapi.peer.client import PeerClient, PeerUnavailable
+from cacheapi.peer.server import InternalApp
+from cacheapi.peer.wire import INTERNAL_HEADER, decode_value, encode_value
 from cacheapi.store import Store
 from cacheapi.store.versions import format_version, parse_version
 from nodes.ring import RingNode
@@ -380,7 +381,7 @@ def served(app: InternalApp) -> Iterator[RingNode]:
 
 @pytest.fixture
 def peers(clock: FakeClock) -> PeerClient:
-    return PeerClient(secret=SECRET, timeout=2.0, clock_now=clock)
+    return PeerClient(secret=SECRET, timeout=2.0)
 
 
 def test_peer_client_single_key_calls_round_trip(served, peers, store, clock):
@@ -388,9 +389,9 @@ def test_peer_client_single_key_calls_round_trip(served, peers, store, clock):
     version = peers.set(served, "k", big, False, 30.0)
     assert store.peek("k").value == big
     assert store.peek("k").version == version
-    entry = peers.get(served, "k")
-    assert (entry.value, entry.binary, entry.version) == (big, False, version)
-    assert entry.expires_at == pytest.approx(clock.now + 30)
+    hit = peers.get(served, "k")
+    assert (hit.value, hit.binary, hit.version) == (big, False, version)
+    assert hit.ttl == pytest.approx(30)
     assert peers.get(served, "missing") is None
 
     assert peers.set(served, "k", b"2", False, None, if_absent=True) is None
@@ -409,7 +410,7 @@ def test_peer_client_single_key_calls_round_trip(served, peers, store, clock):
 
 def test_peer_client_relays_errors_with_their_status(served, peers, store):
     store.set("text", b'"abc"')
-    with pytest.raises(PeerError) as info:
+    with pytest.raises(errors.CacheError) as info:
         peers.incr(served, "text", 1)
     assert (info.value.status, info.value.code) == (409, "not_integer")
     assert isinstance(info.value, errors.CacheError)
@@ -443,8 +444,8 @@ def test_an_unread_call_can_be_dropped(served, peers, store):
 
 
 def test_a_wrong_secret_is_a_bad_gateway_not_the_clients_fault(served, clock):
-    wrong = PeerClient(secret="nope", timeout=2.0, clock_now=clock)
-    with pytest.raises(PeerError) as info:
+    wrong = PeerClient(secret="nope", timeout=2.0)
+    with pytest.raises(errors.CacheError) as info:
         wrong.get(served, "k")
     assert (info.value.status, info.value.code) == (502, "bad_gateway")
     assert "wrong cluster secret" in str(info.value)
@@ -459,7 +460,7 @@ def test_an_answer_from_something_else_is_a_bad_gateway(peers):
         start_response("404 Not Found", [("Content-Length", str(len(body)))])
         return [body]
 
-    with _serving(not_internal, "old") as old, pytest.raises(PeerError) as info:
+    with _serving(not_internal, "old") as old, pytest.raises(errors.CacheError) as info:
         peers.get(old, "k")
     assert (info.value.status, info.value.code) == (502, "bad_gateway")
     assert "older version" in str(info.value)
@@ -584,7 +585,7 @@ def _headed(status: str, body: bytes, *extra: tuple[str, str]):
     ],
 )
 def test_a_malformed_or_misdirected_answer_is_a_bad_gateway(peers, answer, call_it):
-    with _serving(answer) as node, pytest.raises(PeerError) as info:
+    with _serving(answer) as node, pytest.raises(errors.CacheError) as info:
         call_it(peers, node)
     assert (info.value.status, info.value.code) == (502, "bad_gateway")
 
@@ -603,7 +604,7 @@ def test_internal_bodies_may_exceed_the_client_limit_by_the_escaping(settings):
     app = node.internal_app()
     status, _, answer = call(app, "set_many", raw=internal_body, secret=node_secret())
     assert status == 200, answer
-    assert node.store().peek("k").value == stored
+    assert node.current().store.peek("k").value == stored
 
 
 def node_secret() -> str:

@@ -121,15 +121,15 @@ def test_nodes_on_one_machine_open_no_gunicorn_control_socket(registry, tmp_path
 def test_peers_send_internal_calls_to_a_gevent_node_on_one_stream(registry, tmp_path):
     """Against a real node (gunicorn, gevent), a coordinator's calls go as frames on one
     upgraded connection, not as an HTTP request each (after the first, which opens it)."""
-    import time
 
-    from cacheapi.peer.client import PeerClient, PeerError
+    from cacheapi import errors
+    from cacheapi.peer.client import PeerClient
     from nodes.ring import RingNode
 
     proc = NodeProcess(registry, "n1", tmp_path, CACHE_SECRET="stream-test-secret")
     try:
         proc.start().wait_ready()
-        peers = PeerClient(secret="stream-test-secret", timeout=2.0, clock_now=time.monotonic)
+        peers = PeerClient(secret="stream-test-secret", timeout=2.0)
         owner = RingNode(name="n1", url=proc.url)
         pool = peers._transport.pool(proc.url)
         big = b'{"n":123456789012345678901234567890}'
@@ -141,7 +141,7 @@ def test_peers_send_internal_calls_to_a_gevent_node_on_one_stream(registry, tmp_
         assert (entry.value, entry.version) == (big, version)
         assert peers.get(owner, "nope") is None
         assert list(peers.start_get_many(owner, ["k", "nope"]).result()) == ["k"]
-        with pytest.raises(PeerError) as info:
+        with pytest.raises(errors.CacheError) as info:
             peers.incr(owner, "k", 1)  # not an integer: the owner's 409, relayed
         assert info.value.status == 409
         stats = requests.get(
@@ -168,7 +168,7 @@ def test_peers_fall_back_to_one_request_per_call_on_a_gthread_node(registry, tmp
     proc = NodeProcess(registry, "n1", tmp_path, CACHE_SECRET="stream-test-secret")
     try:
         proc.start("--worker-class", "gthread").wait_ready()
-        peers = PeerClient(secret="stream-test-secret", timeout=2.0, clock_now=time.monotonic)
+        peers = PeerClient(secret="stream-test-secret", timeout=2.0)
         owner = RingNode(name="n1", url=proc.url)
         peers.set(owner, "k", b"1", False, None)
         assert peers.get(owner, "k").value == b"1"

@@ -58,6 +58,29 @@ def test_empty_registry_is_version_zero() -> None:
     assert RingVersion.objects.count() == 1
 
 
+def test_the_version_row_exists_after_migrate_so_bumps_only_update() -> None:
+    # Nodes registering at once on a new PostgreSQL registry raced to create it (pk=1).
+    assert RingVersion.objects.filter(pk=1, version=0).exists()
+
+
+def test_a_bump_that_loses_the_race_to_create_the_row_still_counts(monkeypatch) -> None:
+    from django.db.models import QuerySet
+
+    # Another process created the row just after this one's update found none.
+    RingVersion.objects.filter(pk=1).update(version=1)
+    real_update = QuerySet.update
+    calls = []
+
+    def update_before_the_other_commit(self, **kwargs):
+        calls.append(kwargs)
+        return 0 if len(calls) == 1 else real_update(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "update", update_before_the_other_commit)
+    assert RingVersion.bump() == 2  # the create fails (IntegrityError), the retry updates
+    assert len(calls) == 2
+    assert RingVersion.objects.count() == 1
+
+
 def test_creating_a_node_bumps() -> None:
     make("a")
     assert version() == 1
@@ -592,7 +615,7 @@ def test_cluster_ring_follows_the_registry_after_a_refresh(
     node.save()
     # Loaded once and cached: the watcher (or a refresh) picks the change up, not each request.
     assert json.loads(api.get("/api/v1/cluster/ring").content)["version"] == 1
-    assert this_node.membership().refresh() is True
+    assert this_node.current().membership.refresh() is True
     body = json.loads(api.get("/api/v1/cluster/ring").content)
     assert (body["version"], body["nodes"][0]["weight"]) == (2, 5)
 

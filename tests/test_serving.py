@@ -79,46 +79,76 @@ def _call(app, environ):
     return seen["status"], seen["headers"], body
 
 
-@pytest.mark.django_db
-def test_peer_calls_skip_the_middleware_and_clients_do_not():
+def _node_app():
     from django.core.wsgi import get_wsgi_application
 
-    from cache_project.serving import PeerShortcut, peer_handler
+    from cache_project.serving import ApiHandler, NodeApp, site_prefixes
     from cacheapi import node
-    from cacheapi.settings import cluster_settings
 
-    node.store().set("k", b'{"a":1}')
-    app = PeerShortcut(get_wsgi_application(), peer_handler(), node.internal_app())
-    secret = cluster_settings.SECRET
+    return NodeApp(ApiHandler(), get_wsgi_application(), node.internal_app(), site_prefixes())
 
-    status, headers, body = _call(
-        app, _environ("/api/v1/keys/k", x_cluster_secret=secret, x_forwarded_hops="1")
-    )
+
+@pytest.mark.django_db
+def test_api_calls_take_the_lean_stack_with_the_security_headers(make_key):
+    from cacheapi import node
+
+    node.current().store.set("k", b'{"a":1}')
+    app = _node_app()
+    status, headers, body = _call(app, _environ("/api/v1/keys/k", x_api_key=make_key("read")))
     assert status == 200
     assert b'"value":{"a":1}' in body
     assert headers["Content-Length"] == str(len(body))
-    assert "X-Frame-Options" not in headers  # no browser-facing middleware between nodes
+    # Security headers stay on every API answer...
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    # ...but nothing that guards browser sessions runs: no cookie, no clickjacking header.
+    assert "Set-Cookie" not in headers
+    assert "X-Frame-Options" not in headers
+    assert "Cookie" not in headers.get("Vary", "")
 
-    status, headers, _ = _call(app, _environ("/api/v1/keys/k"))
-    assert status == 401  # a client without a key, through the full chain
-    assert headers["X-Frame-Options"] == "DENY"
+    for path in ("/health", "/metrics", "/get", "/nope"):
+        status, headers, _ = _call(app, _environ(path))
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert "X-Frame-Options" not in headers, path
+    status, _, body = _call(app, _environ("/api/v1/keys/k"))
+    assert status == 401  # no key: the API's own authentication still runs
+    assert b'"unauthorized"' in body
 
-    # The secret is still checked on the short path.
-    status, _, body = _call(
-        app, _environ("/api/v1/keys/k", x_cluster_secret="wrong", x_forwarded_hops="1")
-    )
-    assert status == 401
-    assert b"unauthorized" in body
-    # The admin never takes the short path.
-    status, headers, _ = _call(
-        app, _environ("/admin/login/", x_cluster_secret=secret, x_forwarded_hops="1")
-    )
+
+@pytest.mark.django_db
+def test_the_admin_keeps_the_full_stack_session_and_csrf():
+    import io
+    from http.cookies import SimpleCookie
+
+    app = _node_app()
+    status, headers, body = _call(app, _environ("/admin/login/"))
     assert status == 200
     assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    cookie = SimpleCookie(headers["Set-Cookie"])
+    assert "csrftoken" in cookie  # the login form carries a CSRF token
+
+    # A login POST without the CSRF token is refused.
+    form = b"username=admin&password=x&next=/admin/"
+    environ = _environ("/admin/login/")
+    environ.update(
+        REQUEST_METHOD="POST",
+        CONTENT_TYPE="application/x-www-form-urlencoded",
+        CONTENT_LENGTH=str(len(form)),
+    )
+    environ["wsgi.input"] = io.BytesIO(form)
+    status, _, body = _call(app, environ)
+    assert status == 403
+    assert b"CSRF" in body
+    # An admin page needs a session: without one, the admin redirects to its login.
+    status, headers, _ = _call(app, _environ("/admin/nodes/node/"))
+    assert status == 302
+    assert headers["Location"].startswith("/admin/login/")
 
 
-def test_internal_paths_go_to_the_internal_app_whatever_the_headers():
-    from cache_project.serving import PeerShortcut
+def test_each_path_goes_to_its_stack():
+    from cache_project.serving import NodeApp
 
     seen = []
 
@@ -129,10 +159,29 @@ def test_internal_paths_go_to_the_internal_app_whatever_the_headers():
 
         return serve
 
-    shortcut = PeerShortcut(app("django"), app("peer"), app("internal"))
-    shortcut(_environ("/internal/v1/get"), None)  # no secret: the internal app refuses it
-    shortcut(_environ("/internal/v1/get", x_cluster_secret="s", x_forwarded_hops="1"), None)
-    shortcut(_environ("/api/v1/keys/k", x_cluster_secret="s", x_forwarded_hops="1"), None)
-    shortcut(_environ("/api/v1/keys/k"), None)
-    shortcut(_environ("/admin/internal/v1/get"), None)
-    assert seen == ["internal", "internal", "peer", "django", "django"]
+    node_app = NodeApp(app("api"), app("site"), app("internal"), ("/admin/", "/static/"))
+    for path in (
+        "/internal/v1/get",
+        "/api/v1/keys/k",
+        "/admin/login/",
+        "/static/admin/css/base.css",
+        "/admin/internal/v1/get",
+        "/health",
+        "/metrics",
+        "/get",
+        "/sync",
+        "/adminx",
+    ):
+        node_app(_environ(path), None)
+    assert seen == [
+        "internal",
+        "api",
+        "site",
+        "site",
+        "site",
+        "api",
+        "api",
+        "api",
+        "api",
+        "api",
+    ]

@@ -7,7 +7,6 @@ that time (at once on the node that revoked it).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 
+from cacheapi.peer.wire import secrets_match
 from cacheapi.settings import cluster_settings
 
 log = logging.getLogger(__name__)
@@ -114,15 +114,6 @@ def _load_principal(raw: str) -> Principal | None:
 
 def is_cluster_secret(presented: str) -> bool:
     return secrets_match(presented, cluster_settings.SECRET)
-
-
-def secrets_match(presented: str, secret: str) -> bool:
-    """Constant-time comparison; an empty configured secret matches nothing."""
-    if not secret:
-        return False
-    return hmac.compare_digest(
-        presented.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass")
-    )
 
 
 def presented_key(meta: dict[str, Any]) -> str | None:

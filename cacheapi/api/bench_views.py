@@ -7,11 +7,11 @@ these to measure what the framework costs.
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from cacheapi import node
+from cacheapi.node import current
 
 
 def plain_get(request: HttpRequest, key: str) -> JsonResponse:
-    entry = node.store().get(key)
+    entry = current().store.get(key)
     if entry is None:
         return JsonResponse({"error": {"code": "not_found", "message": key}}, status=404)
     # The same work the API does: decode nothing, embed the stored JSON text.

@@ -1,7 +1,9 @@
 """The HTTP API: thin DRF viewsets over the router.
 
-Each action parses and validates (``cacheapi.validation``), calls the router or store, and
+Each action parses and validates (``cacheapi.validation``), calls this node's router and
 renders. Both spellings of every call (REST and the seed routes) map to these same actions.
+Outcomes other than success come back from the router as the cache's own errors, which the
+exception handler (``cacheapi.api.exceptions``) answers with their status.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from cacheapi import errors, node, validation, values
-from cacheapi.metrics import recorder
+from cacheapi import errors, validation, values
 from cacheapi.api.parsers import OctetStreamParser, StrictJSONParser
-from cacheapi.peer.client import HOPS_HEADER, RING_HEADER
 from cacheapi.api.renderers import OctetStreamRenderer, ORJSONRenderer
-from cacheapi.store import Entry
-from cacheapi.store.versions import format_version, parse_version
+from cacheapi.node import current
+from cacheapi.peer.wire import RING_HEADER, hit_headers
+from cacheapi.store import Hit, format_version, parse_version
 
 OCTET = "application/octet-stream"
 JSON = "application/json"
@@ -30,7 +31,7 @@ _NOT_ERRORS = {404, 412}
 
 
 class NodeViewSet(viewsets.ViewSet):
-    """Base of the API's viewsets: latency metrics, ring version header, hop handling."""
+    """Base of the API's viewsets: latency metrics and the ring version header."""
 
     scopes: dict[str, str] = {}
 
@@ -45,38 +46,20 @@ class NodeViewSet(viewsets.ViewSet):
         response = super().dispatch(request, *args, **kwargs)
         op = getattr(self, "action", None) or (request.method or "").lower()
         status = response.status_code
-        recorder.observe(
+        node = current()
+        node.recorder.observe(
             op, time.perf_counter() - started, status >= 400 and status not in _NOT_ERRORS
         )
-        response[RING_HEADER] = str(node.membership().ring.version)
+        response[RING_HEADER] = str(node.ring.version)
         return response
-
-    @property
-    def internal(self) -> bool:
-        """An internal request (X-Forwarded-Hops from a peer): served here, never forwarded.
-
-        Only peers (cluster secret) may send hops: a client that could make a non-owner serve
-        a write locally would leave stray copies outside the ring."""
-        hops = self.request.META.get("HTTP_X_FORWARDED_HOPS")
-        if hops is None:
-            return False
-        if not hops.isdigit():
-            raise errors.InvalidRequest(f"{HOPS_HEADER} must be a whole number")
-        if not getattr(self.request.user, "internal", False):
-            raise errors.Forbidden(f"{HOPS_HEADER} is for node-to-node calls only")
-        return int(hops) >= 1
 
     def body(self) -> Any:
         return validation.json_object(self.request.data)
 
 
-def _entry_headers(entry: Entry, ttl: float | None) -> dict[str, str]:
+def _hit_headers(hit: Hit) -> dict[str, str]:
     """ETag, plus the TTL and value type (for clients that ask for the raw bytes)."""
-    return {
-        "ETag": f'"{format_version(entry.version)}"',
-        "X-TTL": "none" if ttl is None else f"{ttl:.3f}",
-        "X-Value-Type": "binary" if entry.binary else "json",
-    }
+    return {"ETag": f'"{format_version(hit.version)}"', **dict(hit_headers(hit))}
 
 
 def rendered(
@@ -134,20 +117,19 @@ class KeyViewSet(NodeViewSet):
 
     def retrieve(self, request: Request, **kwargs: Any) -> HttpResponse:
         key = self._key()
-        entry = node.router().get(key, local=self.internal)
-        ttl = None if entry is None else node.store().remaining(entry)
-        if entry is None or (ttl is not None and ttl <= 0):
+        hit = current().router.get(key)
+        if hit is None:
             raise errors.NotFound(f"no key {key!r}")
         if request.method == "HEAD":
-            return HttpResponse(status=200, headers=_entry_headers(entry, ttl))
+            return HttpResponse(status=200, headers=_hit_headers(hit))
         if request.accepted_media_type == OCTET:
-            return HttpResponse(entry.value, headers=_entry_headers(entry, ttl), content_type=OCTET)
+            return HttpResponse(hit.value, headers=_hit_headers(hit), content_type=OCTET)
         data = {
             "key": key,
-            "value": values.to_wire(entry.value, entry.binary),
-            "ttl": _round_ttl(ttl),
+            "value": values.to_wire(hit.value, hit.binary),
+            "ttl": _round_ttl(hit.ttl),
         }
-        return rendered(data, headers=_entry_headers(entry, ttl))
+        return rendered(data, headers=_hit_headers(hit))
 
     def update(self, request: Request, **kwargs: Any) -> HttpResponse:
         key = self._key()
@@ -161,41 +143,24 @@ class KeyViewSet(NodeViewSet):
             body = self.body()
             value, binary = validation.value_from_body(body)
             ttl = validation.ttl_from_body(body)
-        router = node.router()
-        local = self.internal
-        if_none_match = request.META.get("HTTP_IF_NONE_MATCH")
-        if if_none_match is not None and (
-            if_none_match.strip() != "*" or "HTTP_IF_MATCH" in request.META
-        ):
+        router = current().router
+        meta = request.META
+        if_none_match = meta.get("HTTP_IF_NONE_MATCH")
+        if if_none_match is not None and (if_none_match.strip() != "*" or "HTTP_IF_MATCH" in meta):
             raise errors.InvalidRequest(
                 'If-None-Match supports only "*" (add), and not together with If-Match'
             )
         if if_none_match is not None:
-            version = router.add(key, value, binary, ttl, local=local)
-            if version is None:
-                raise errors.PreconditionFailed(f"key {key!r} already exists")
-        elif "HTTP_IF_MATCH" in request.META:
-            version = self._compare_and_set(key, value, binary, ttl, request.META["HTTP_IF_MATCH"])
+            version = router.add(key, value, binary, ttl)
+        elif "HTTP_IF_MATCH" in meta:
+            # "*": if it exists, whatever its version; else the ETag of one version.
+            if_match = meta["HTTP_IF_MATCH"]
+            expected = None if if_match.strip() == "*" else _parse_etag(if_match)
+            version = router.cas(key, value, binary, ttl, expected)
         else:
-            version = router.set(key, value, binary, ttl, local=local)
+            version = router.set(key, value, binary, ttl)
         tag = format_version(version)
         return rendered({"key": key, "version": tag}, headers={"ETag": f'"{tag}"'})
-
-    def _compare_and_set(
-        self, key: str, value: bytes, binary: bool, ttl: float | None, if_match: str
-    ) -> Any:
-        router = node.router()
-        if if_match.strip() == "*":  # "if it exists": compare against whatever is there now
-            current = router.get(key, local=self.internal)
-            if current is None:
-                raise errors.PreconditionFailed(f"key {key!r} does not exist")
-            expected = current.version
-        else:
-            expected = _parse_etag(if_match)
-        version = router.cas(key, value, binary, ttl, expected, local=self.internal)
-        if version is None:
-            raise errors.PreconditionFailed(f"key {key!r} is missing or has another version")
-        return version
 
     def partial_update(self, request: Request, **kwargs: Any) -> Response:
         key = self._key()
@@ -203,23 +168,17 @@ class KeyViewSet(NodeViewSet):
         if "ttl" not in body:
             raise errors.InvalidTTL('body must have a "ttl" member (seconds, or null)')
         ttl = validation.ttl_from_body(body)
-        if not node.router().touch(key, ttl, local=self.internal):
-            raise errors.NotFound(f"no key {key!r}")
+        current().router.touch(key, ttl)
         return Response({"key": key, "ttl": ttl})
 
     def destroy(self, request: Request, **kwargs: Any) -> HttpResponse:
-        key = self._key()
-        if not node.router().delete(key, local=self.internal):
-            raise errors.NotFound(f"no key {key!r}")
+        current().router.delete(self._key())
         return HttpResponse(status=204)
 
     def incr(self, request: Request, **kwargs: Any) -> HttpResponse:
         key = self._key()
         delta = validation.validate_delta(self.body())  # an empty body parses as {}
-        result = node.router().incr(key, delta, local=self.internal)
-        if result is None:
-            raise errors.NotFound(f"no key {key!r}")
-        value, version = result
+        value, version = current().router.incr(key, delta)
         tag = format_version(version)
         return rendered({"key": key, "value": value}, headers={"ETag": f'"{tag}"'})
 
@@ -231,44 +190,43 @@ class BatchViewSet(NodeViewSet):
 
     def get_many(self, request: Request) -> HttpResponse:
         keys = validation.key_list(self.body())
-        result = node.router().get_many(keys, local=self.internal)
+        result = current().router.get_many(keys)
         return rendered(
             {"values": result.values, "missing": result.missing, "failed": result.failed}
         )
 
     def set_many(self, request: Request) -> HttpResponse:
         items = validation.item_list(self.body())
-        result = node.router().set_many(items, local=self.internal)
+        result = current().router.set_many(items)
         return rendered({"stored": result.count, "failed": result.failed})
 
     def delete_many(self, request: Request) -> HttpResponse:
         keys = validation.key_list(self.body())
-        result = node.router().delete_many(keys, local=self.internal)
+        result = current().router.delete_many(keys)
         return rendered({"deleted": result.count, "failed": result.failed})
 
 
 class SyncViewSet(NodeViewSet):
-    """``POST /sync``: versioned writes from other nodes (migration, replication); the newer
-    version wins, so replaying or reordering a sync never loses a newer write."""
+    """``POST /sync`` (the seed's route, cluster secret required): versioned writes into this
+    node's own store, the same store call as the peer protocol's ``sync``; the newer version
+    wins, so replaying or reordering a sync never loses a newer write."""
 
     scopes = {"create": "internal"}
 
     def create(self, request: Request) -> Response:
         body = self.body()
         items = validation.item_list(body)
-        raw_items = body["items"]
         versions = []
-        for index, item in enumerate(raw_items):
+        for index, item in enumerate(body["items"]):
             try:
                 versions.append(parse_version(str(item["version"])))
             except (KeyError, ValueError) as exc:
                 raise errors.InvalidRequest(f'items[{index}] needs a valid "version"') from exc
-        applied = node.store().set_many(
+        stored, skipped = current().router.sync_here(
             (key, value, binary, ttl, version)
             for (key, value, binary, ttl), version in zip(items, versions, strict=True)
         )
-        stored = sum(1 for v in applied if v is not None)
-        return Response({"stored": stored, "skipped": len(applied) - stored})
+        return Response({"stored": stored, "skipped": skipped})
 
 
 class StatsViewSet(NodeViewSet):
@@ -276,60 +234,18 @@ class StatsViewSet(NodeViewSet):
 
     def list(self, request: Request) -> Response:
         scope = request.query_params.get("scope", "node")
-        if scope not in ("node", "cluster"):
-            raise errors.InvalidRequest('scope must be "node" or "cluster"')
-        if scope == "node" or self.internal:
-            return Response(node_stats())
-        return Response(cluster_stats())
-
-
-def node_stats() -> dict[str, Any]:
-    stats: dict[str, Any] = dict(node.store().stats())
-    lookups = stats["hits"] + stats["misses"]
-    stats["hit_ratio"] = round(stats["hits"] / lookups, 4) if lookups else 0.0
-    snapshot = recorder.snapshot()
-    stats["node"] = node.membership().node
-    stats["ring_version"] = node.membership().ring.version
-    stats["ops"] = {op: s["count"] for op, s in snapshot["ops"].items()}
-    stats["latency"] = {
-        op: {k: s[k] for k in ("mean_ms", "p50_ms", "p99_ms")} for op, s in snapshot["ops"].items()
-    }
-    stats["forwards"] = snapshot["forwards"]
-    return stats
-
-
-SUMMED = (
-    "hits",
-    "misses",
-    "sets",
-    "deletes",
-    "evictions",
-    "expirations",
-    "items",
-    "bytes",
-    "max_bytes",
-    "max_items",
-    "forwards",
-)
-
-
-def cluster_stats() -> dict[str, Any]:
-    per_node, failed = node.router().on_every_node(node_stats, "GET", "/api/v1/stats")
-    live = list(per_node.values())
-    totals: dict[str, Any] = {name: sum(s.get(name, 0) for s in live) for name in SUMMED}
-    lookups = totals["hits"] + totals["misses"]
-    totals["hit_ratio"] = round(totals["hits"] / lookups, 4) if lookups else 0.0
-    return {"scope": "cluster", **totals, "nodes": per_node, "failed": failed}
+        if scope == "node":
+            return Response(current().stats())
+        if scope == "cluster":
+            return Response(current().cluster_stats())
+        raise errors.InvalidRequest('scope must be "node" or "cluster"')
 
 
 class FlushViewSet(NodeViewSet):
     scopes = {"create": "admin"}
 
     def create(self, request: Request) -> Response:
-        if self.internal:
-            return Response({"flushed": node.store().clear(), "failed": []})
-        answers, failed = node.router().on_every_node(node.store().clear, "POST", "/api/v1/flush")
-        flushed = sum(a if isinstance(a, int) else a["flushed"] for a in answers.values())
+        flushed, failed = current().router.flush()
         return Response({"flushed": flushed, "failed": failed})
 
 
@@ -338,11 +254,12 @@ class HealthViewSet(NodeViewSet):
     permission_classes = [AllowAny]
 
     def list(self, request: Request) -> Response:
-        draining = node.is_draining()
+        node = current()
+        draining = node.draining
         body = {
             "status": "draining" if draining else "ok",
-            "node": node.membership().node,
-            "ring_version": node.membership().ring.version,
+            "node": node.name,
+            "ring_version": node.ring.version,
         }
         return Response(body, status=503 if draining else 200)
 
@@ -351,7 +268,7 @@ class RingViewSet(NodeViewSet):
     scopes = {"list": "read"}
 
     def list(self, request: Request) -> Response:
-        return Response(node.membership().ring.to_dict())
+        return Response(current().ring.to_dict())
 
 
 class NodesViewSet(NodeViewSet):
@@ -362,8 +279,7 @@ class NodesViewSet(NodeViewSet):
     def list(self, request: Request) -> Response:
         from nodes.models import Node, RingVersion
 
-        ring = node.membership().ring
-        shares = ring.shares()
+        shares = current().ring.shares()
         try:
             return Response(
                 {"version": RingVersion.current(), "nodes": _node_rows(Node.objects.all(), shares)}

@@ -1,33 +1,47 @@
-"""Calls from a coordinating node to the other nodes of the ring.
+"""The coordinator's side of the peer protocol: calls from this node to the other nodes.
 
-Every call is an *internal request*: it carries the cluster secret, and the callee serves it
-from its own store and never calls another node (docs/architecture.md, the request path). Store
-operations go to the owner's internal app (``POST /internal/v1/<op>``, ``cacheapi.internal``);
-calls that need the full view (cluster stats, flush) go to the public API with
-``X-Forwarded-Hops: 1``, which tells the views to serve them locally. Connections are pooled and
-kept alive per peer; every call has a timeout.
+Every call is an internal request to the owner's ``cacheapi.peer.server``: it carries the
+cluster secret, and the callee serves it from its own store and never calls another node
+(docs/architecture.md, the request path). Calls ride streams (``cacheapi.peer.transport``)
+where the owner serves them, else one ``POST /internal/v1/<op>`` each; every call has a timeout.
+
+``send`` puts a call on the wire and returns a ``Pending`` at once; the single-key methods wait
+for the answer, while a batch sends to every owner first and reads the answers after
+(``Router._fan_out``). Failures come back as the cache's own errors (``cacheapi.errors``):
+``PeerUnavailable`` (an ``Unavailable``) when the peer does not answer, ``BadGateway`` when it
+answers as no node of this cluster should, and the peer's own error code otherwise.
+
+A peer that timed out is *suspect* for ``retry_after`` seconds: calls to it fail at once
+instead of each waiting out the timeout (a stopped process keeps its connections open, so
+nothing else would tell), and the first call after that tries it again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import orjson
 
 from cacheapi import errors, values
-from cacheapi.peer.server import INTERNAL_HEADER, STREAM_OP, STREAM_PROTOCOL, encode_value
-from cacheapi.peer.server import PREFIX as INTERNAL_PREFIX
-from cacheapi.store import Entry
-from cacheapi.peer.transport import Call, Response, StreamsRefused, Transport
-from cacheapi.store.versions import Version, format_version, parse_version
+from cacheapi.peer.frames import PREFIX, STREAM_OP, STREAM_PROTOCOL
+from cacheapi.peer.transport import Call, Response, StreamsRefused, Transport, timed_out
+from cacheapi.peer.wire import (
+    INTERNAL_HEADER,
+    SECRET_HEADER,
+    VERSION_HEADER,
+    decode_version,
+    encode_value,
+    encode_version,
+    parse_hit,
+)
+from cacheapi.store import Hit, Version
 
 log = logging.getLogger(__name__)
 
-HOPS_HEADER = "X-Forwarded-Hops"
-SECRET_HEADER = "X-Cluster-Secret"
-RING_HEADER = "X-Ring-Version"
 T = TypeVar("T")
 
 # Answers that say the call itself was wrong (secret, path, method, framing), not the key or
@@ -37,21 +51,47 @@ _CALL_ERRORS = frozenset(
 )
 
 
-class PeerUnavailable(Exception):
-    """The peer did not answer in time (refused, reset, timed out)."""
+class PeerUnavailable(errors.Unavailable):
+    """The peer did not answer in time (refused, reset, timed out, or suspect)."""
 
     def __init__(self, node: str, reason: str) -> None:
         super().__init__(f"node {node} unavailable: {reason}")
         self.node = node
 
 
-class PeerError(errors.CacheError):
-    """A peer answered with an error envelope; it is relayed with the same status and code."""
+class _Suspects:
+    """Peers that timed out lately, by name: calls to them fail fast until ``retry_after``
+    has passed, then one call at a time goes through to try the peer again."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
+    def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.retry_after = retry_after
+        self._clock = clock
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def check(self, name: str) -> None:
+        """Raise PeerUnavailable while ``name`` is suspect; past its time, let this one call
+        through (and hold the others back for another period meanwhile)."""
+        until = self._until.get(name)
+        if until is None:
+            return
+        with self._lock:
+            now = self._clock()
+            until = self._until.get(name)
+            if until is None:
+                return
+            if now < until:
+                raise PeerUnavailable(name, "it timed out moments ago")
+            self._until[name] = now + self.retry_after  # this call is the trial
+
+    def timed_out(self, name: str) -> None:
+        with self._lock:
+            self._until[name] = self._clock() + self.retry_after
+
+    def answered(self, name: str) -> None:
+        if name in self._until:
+            with self._lock:
+                self._until.pop(name, None)
 
 
 class PeerClient:
@@ -60,81 +100,41 @@ class PeerClient:
         *,
         secret: str,
         timeout: float,
-        clock_now: Any,
-        ring_version: Any = lambda: 0,
         ca_certs: str | None = None,
+        retry_after: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transport = Transport(timeout=timeout, ca_certs=ca_certs)
-        self._secret = secret
-        self._now = clock_now  # the store's clock, to turn a remaining TTL into expires_at
-        self._ring_version = ring_version
         self.timeout = timeout
-        self._internal_headers = {SECRET_HEADER: secret, "Content-Type": "application/json"}
-        self._upgrade = (INTERNAL_PREFIX + STREAM_OP, {SECRET_HEADER: secret}, STREAM_PROTOCOL)
+        self.suspects = _Suspects(retry_after, clock)
+        self._headers = {SECRET_HEADER: secret, "Content-Type": "application/json"}
+        self._upgrade = (PREFIX + STREAM_OP, {SECRET_HEADER: secret}, STREAM_PROTOCOL)
 
-    def call(self, node: Any, method: str, path: str) -> Any:
-        """A call to the public API, served by the peer itself (hops): the parsed JSON answer
-        on a 200, else the relayed error. Raises PeerUnavailable if the node does not answer."""
-        headers = {
-            SECRET_HEADER: self._secret,
-            HOPS_HEADER: "1",
-            RING_HEADER: str(self._ring_version()),
-        }
-        try:
-            response = self._transport.send(node.url.rstrip("/"), method, path, headers).response()
-        except OSError as exc:
-            log.warning("call to %s %s failed: %s", node.name, path, exc)
-            raise PeerUnavailable(node.name, str(exc)) from exc
-        if response.status != 200:
-            raise _relay(node, response)
-        try:
-            return values.loads(response.data) if response.data else None
-        except values.DecodeError as exc:
-            raise _malformed(node, path) from exc
-
-    # The store operations, as internal calls (``cacheapi.internal``). ``send`` puts a call on
-    # the wire and returns at once; the single-key methods wait for the answer, and a batch
-    # sends to every owner first and then reads the answers (``Router._fan_out``).
     def send(
         self, node: Any, op: str, body: dict[str, Any], parse: Callable[[Any, Response], T]
     ) -> Pending[T]:
-        """Send ``op`` to the owner's internal app: as a frame on a stream (an upgraded
-        connection, kept and reused) where the owner serves streams, else as
-        ``POST /internal/v1/<op>``. Raises PeerUnavailable if it cannot be sent.
+        """Send ``op`` to the owner: as a frame on a stream (an upgraded connection, kept and
+        reused) where the owner serves streams, else as ``POST /internal/v1/<op>``. Raises
+        PeerUnavailable if it cannot be sent.
 
         ``parse(node, response)`` turns the answer into the result; it may raise KeyError,
-        TypeError or ValueError on a malformed answer, which the caller gets as a 502."""
+        TypeError or ValueError on a malformed answer, which the caller gets as BadGateway."""
+        self.suspects.check(node.name)
         url = node.url.rstrip("/")
         payload = values.dumps(body)
         try:
             try:
                 call = self._transport.send_frame(url, self._upgrade, op, payload)
             except StreamsRefused:  # a node that serves HTTP only (gthread), or refused
-                call = self._transport.send(
-                    url, "POST", INTERNAL_PREFIX + op, self._internal_headers, payload
-                )
+                call = self._transport.send(url, "POST", PREFIX + op, self._headers, payload)
         except OSError as exc:
             log.warning("internal %s to %s failed: %s", op, node.name, exc)
             raise PeerUnavailable(node.name, str(exc)) from exc
-        return Pending(node, op, call, parse)
+        return Pending(self, node, op, call, parse)
 
-    def get(self, node: Any, key: str) -> Entry | None:
-        return self.send(node, "get", {"key": key}, self._parse_get).result()
-
-    def _parse_get(self, node: Any, response: Response) -> Entry | None:
-        if _is_miss(response):
-            return None
-        _expect_ok(node, response)
-        kind = response.headers.get("X-Value-Type")
-        ttl = response.headers.get("X-TTL", "none")
-        if kind not in ("json", "binary"):
-            raise ValueError(f"X-Value-Type {kind!r}")
-        return Entry(
-            value=response.data,
-            binary=kind == "binary",
-            expires_at=None if ttl == "none" else self._now() + float(ttl),
-            version=_version(response.headers.get("X-Version")),
-        )
+    # Single keys.
+    def get(self, node: Any, key: str) -> Hit | None:
+        return self.send(node, "get", {"key": key}, _parse_get).result()
 
     def set(
         self,
@@ -158,7 +158,7 @@ class PeerClient:
         if if_absent:
             body["if_absent"] = True
         if if_version is not None:
-            body["if_version"] = format_version(if_version)
+            body["if_version"] = encode_version(if_version)
         return self.send(node, "set", body, _parse_set).result()
 
     def delete(self, node: Any, key: str) -> bool:
@@ -171,6 +171,7 @@ class PeerClient:
     def incr(self, node: Any, key: str, delta: int) -> tuple[int, Version] | None:
         return self.send(node, "incr", {"key": key, "delta": delta}, _parse_incr).result()
 
+    # Batches and cluster-wide calls: sent now, read later.
     def start_get_many(self, node: Any, keys: list[str]) -> Pending[dict[str, Any]]:
         """The found keys' wire values (as ``values.to_wire`` makes them), never re-parsed: the
         stored JSON text goes out as an ``orjson.Fragment``."""
@@ -185,31 +186,61 @@ class PeerClient:
     def start_delete_many(self, node: Any, keys: list[str]) -> Pending[int]:
         return self.send(node, "delete_many", {"keys": keys}, _field("deleted", int))
 
+    def start_sync(
+        self, node: Any, items: list[tuple[str, bytes, bool, float | None, Version]]
+    ) -> Pending[int]:
+        body = {
+            "items": [
+                [k, encode_value(v, b), b, ttl, encode_version(version)]
+                for k, v, b, ttl, version in items
+            ]
+        }
+        return self.send(node, "sync", body, _field("stored", int))
+
+    def start_stats(self, node: Any) -> Pending[dict[str, Any]]:
+        return self.send(node, "stats", {}, _parse_json)
+
+    def start_clear(self, node: Any) -> Pending[int]:
+        return self.send(node, "clear", {}, _field("flushed", int))
+
+    def close(self) -> None:
+        self._transport.close()
+
 
 class Pending(Generic[T]):
     """An internal call on the wire. ``result()`` waits for the answer (within the call's
     timeout) and parses it; ``close()`` drops a call whose answer is no longer wanted."""
 
-    __slots__ = ("_call", "_parse", "node", "op")
+    __slots__ = ("_call", "_client", "_parse", "node", "op")
 
-    def __init__(self, node: Any, op: str, call: Call, parse: Callable[[Any, Response], T]) -> None:
+    def __init__(
+        self,
+        client: PeerClient,
+        node: Any,
+        op: str,
+        call: Call,
+        parse: Callable[[Any, Response], T],
+    ) -> None:
+        self._client = client
         self.node = node
         self.op = op
         self._call = call
         self._parse = parse
 
     def result(self) -> T:
+        name = self.node.name
         try:
             response = self._call.response()
         except OSError as exc:
-            log.warning("internal %s to %s failed: %s", self.op, self.node.name, exc)
-            raise PeerUnavailable(self.node.name, str(exc)) from exc
+            log.warning("internal %s to %s failed: %s", self.op, name, exc)
+            if timed_out(exc):
+                self._client.suspects.timed_out(name)
+            raise PeerUnavailable(name, str(exc)) from exc
+        self._client.suspects.answered(name)
         if response.headers.get(INTERNAL_HEADER) != "1":
-            raise PeerError(
-                502,
-                "bad_gateway",
-                f"{self.node.name} answered {response.status} to an internal call without "
-                f"{INTERNAL_HEADER}: not its internal app (an older version, or a server error)",
+            raise errors.BadGateway(
+                f"{name} answered {response.status} to an internal call without "
+                f"{INTERNAL_HEADER}: not its internal app (an older version, or a server error)"
             )
         try:
             return self._parse(self.node, response)
@@ -258,11 +289,18 @@ def _field(name: str, kind: type[T]) -> Callable[[Any, Response], T]:
     return parse
 
 
+def _parse_get(node: Any, response: Response) -> Hit | None:
+    if _is_miss(response):
+        return None
+    _expect_ok(node, response)
+    return parse_hit(response.headers, response.data)
+
+
 def _parse_set(node: Any, response: Response) -> Version | None:
     if response.status == 412:
         return None
     _expect_ok(node, response)
-    return _version(response.headers.get("X-Version"))
+    return _version(response.headers.get(VERSION_HEADER, ""))
 
 
 def _parse_incr(node: Any, response: Response) -> tuple[int, Version] | None:
@@ -292,23 +330,28 @@ def _parse_get_many(node: Any, response: Response) -> dict[str, Any]:
 def _version(text: Any) -> Version:
     if not isinstance(text, str):
         raise TypeError("the write version is missing")
-    return parse_version(text)  # ValueError if malformed
+    try:
+        return decode_version(text)
+    except errors.InvalidRequest as exc:
+        raise ValueError(str(exc)) from exc
 
 
-def _malformed(node: Any, what: str) -> PeerError:
-    return PeerError(502, "bad_gateway", f"{node.name} sent a malformed answer to {what}")
+def _malformed(node: Any, what: str) -> errors.BadGateway:
+    return errors.BadGateway(f"{node.name} sent a malformed answer to {what}")
 
 
 def _relay(node: Any, response: Response) -> errors.CacheError:
-    """The peer's error, with its status and code; one that says the call itself was wrong
-    (secret, path, framing) is a bad gateway for the client, not the client's mistake."""
+    """The peer's error, with its code; one that says the call itself was wrong (secret, path,
+    framing), or the peer's own failure, is a bad gateway for the client, not its mistake."""
     try:
         error = values.loads(response.data)["error"]
         code, message = error["code"], error["message"]
     except (values.DecodeError, KeyError, TypeError):
-        return PeerError(502, "bad_gateway", f"{node.name} answered {response.status}")
+        return errors.BadGateway(f"{node.name} answered {response.status}")
+    if not isinstance(code, str) or code not in errors.STATUS:
+        return errors.BadGateway(f"{node.name} answered {response.status} ({code!r})")
     if code in _CALL_ERRORS or (response.status == 413 and code == "request_too_large"):
-        return PeerError(502, "bad_gateway", f"{node.name} refused an internal call: {message}")
+        return errors.BadGateway(f"{node.name} refused an internal call: {message}")
     if response.status >= 500 and response.status != 503:  # its own failure, not the client's
-        return PeerError(502, "bad_gateway", f"{node.name} failed: {message}")
-    return PeerError(response.status, code, f"{node.name}: {message}")
+        return errors.BadGateway(f"{node.name} failed: {message}")
+    return errors.Relayed(code, f"{node.name}: {message}")

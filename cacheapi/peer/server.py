@@ -1,21 +1,19 @@
-"""The owner's side of node-to-node calls: ``POST /internal/v1/<op>``, served without Django.
+"""The owner's side of the peer protocol: ``/internal/v1/``, served without Django.
 
-A coordinator that forwards a key, or fans a batch out, calls the owner here. These calls are
-leaves (docs/architecture.md, the request path): they work on this node's own store and never
-call another node.
-They come only from peers, so none of what Django and DRF add for clients applies to them
-(sessions, CSRF, API keys, content negotiation, the browsable API), and on this machine that
-stack cost about 0.4 ms of CPU per call on top of gunicorn's own 0.11 ms (bench/results). This
-app is a plain WSGI callable in front of Django (``cache_project.serving.PeerShortcut``): it
-checks the cluster secret in constant time, reads a JSON body, runs one store operation and
-answers JSON, with the same error envelope as the public API.
+Every call from one node to another lands here: a coordinator forwarding a key or fanning a
+batch out, and the cluster-wide calls (stats, flush, sync). These calls are leaves
+(docs/architecture.md, the request path): they work on this node's own store and never call
+another node. They come only from peers, so none of what Django and DRF add for clients applies
+to them (sessions, CSRF, API keys, content negotiation), and that stack cost about 0.4 ms of CPU
+per call on top of gunicorn's own 0.11 ms. This app is a plain WSGI callable in front of Django
+(``cache_project.serving.NodeApp``): it checks the cluster secret in constant time, reads a JSON
+body, runs one operation and answers with the same error envelope as the public API. The frame
+layout lives in ``cacheapi.peer.frames``, the value wire format in ``cacheapi.peer.wire``.
 
-Values travel as they are stored: the JSON text of a value as a JSON string, raw bytes as
-base64, so nothing is re-encoded on the way (and big integers stay exact). Every input is
-checked with the public API's validators, and JSON text must be one strict JSON document: a
-peer with the secret still gets a 4xx, never a 500, and nothing changes, for a malformed call.
-Escaping JSON text inside a string can double its size (every quote gains a backslash), so an
-internal body may be up to ``2 x MAX_REQUEST_BYTES`` (plus 1 MiB for the framing).
+Every input is checked with the public API's validators, and JSON text must be one strict JSON
+document: a peer with the secret still gets a 4xx, never a 500, and nothing changes, for a
+malformed call. Escaping JSON text inside a string can double its size (every quote gains a
+backslash), so an internal body may be up to ``2 x MAX_REQUEST_BYTES`` (plus 1 MiB).
 
 Operations (body -> answer):
 
@@ -29,6 +27,10 @@ Operations (body -> answer):
 - ``get_many`` ``{"keys"}`` -> ``{"values": {key: json text}, "binary": {key: base64}}``
 - ``set_many`` ``{"items": [[key, value, binary, ttl], ...]}`` -> ``{"stored": n}``
 - ``delete_many`` ``{"keys"}`` -> ``{"deleted": n}``
+- ``sync`` ``{"items": [[key, value, binary, ttl, version], ...]}`` -> ``{"stored", "skipped"}``:
+  versioned writes (migration, replication); an older version never replaces a newer one
+- ``stats`` ``{}`` -> this node's stats (as ``GET /api/v1/stats``)
+- ``clear`` ``{}`` -> ``{"flushed": n}``: empties this node's store
 
 A missing key is a 404 with code ``not_found``; an unknown operation or path is a 404 with code
 ``unknown_operation``. Every answer carries ``X-Cache-Internal: 1``.
@@ -36,34 +38,36 @@ A missing key is a 404 with code ``not_found``; an unknown operation or path is 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import logging
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from cacheapi import errors, validation, values
-from cacheapi.api.auth import secrets_match
-from cacheapi.store import Entry, Store, StoreError
-from cacheapi.store.versions import format_version, parse_version
+from cacheapi import errors, validation
+from cacheapi.peer import frames
+from cacheapi.peer.frames import PREFIX, STREAM_OP, STREAM_PROTOCOL
+from cacheapi.peer.wire import (
+    INTERNAL_HEADER,
+    RING_HEADER,
+    SECRET_ENVIRON,
+    VERSION_HEADER,
+    decode_value,
+    decode_version,
+    encode_value,
+    hit_headers,
+    secrets_match,
+)
+from cacheapi.store import Entry, Store, StoreError, format_version
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/internal/v1/"
-STREAM_OP = "stream"  # POST /internal/v1/stream with Upgrade: cache-internal/1
-STREAM_PROTOCOL = "cache-internal/1"
 STREAM_IDLE_SECONDS = 60.0  # an idle stream is closed; the coordinator opens another
 STREAM_FRAME_SECONDS = 30.0  # most time one frame may take to arrive, once it has begun
-_U32 = struct.Struct(">I")
-_ANSWER_HEAD = struct.Struct(">IHH")
-INTERNAL_HEADER = "X-Cache-Internal"  # on every answer of this app: "1", the protocol version
-SECRET_ENVIRON = "HTTP_X_CLUSTER_SECRET"
 _JSON = [("Content-Type", "application/json")]
 _STATUS = {
     200: "200 OK",
@@ -83,54 +87,6 @@ _STATUS = {
 Answer = tuple[int, bytes, list[tuple[str, str]]]
 
 
-class MethodNotAllowed(errors.CacheError):
-    status = 405
-    code = "method_not_allowed"
-
-
-class LengthRequired(errors.CacheError):
-    status = 411
-    code = "length_required"
-
-
-class StreamsUnavailable(errors.CacheError):
-    status = 501
-    code = "streams_unavailable"
-
-
-class UnknownOperation(errors.CacheError):
-    status = 404
-    code = "unknown_operation"
-
-
-class ServerError(errors.CacheError):
-    status = 500
-    code = "server_error"
-
-
-def encode_value(value: bytes, binary: bool) -> str:
-    """Stored bytes -> the string that carries them in an internal call."""
-    return base64.b64encode(value).decode("ascii") if binary else value.decode("utf-8")
-
-
-def decode_value(text: Any, binary: Any) -> tuple[bytes, bool]:
-    """The inverse of ``encode_value``, checked: raises InvalidValue on a malformed value."""
-    if not isinstance(text, str) or not isinstance(binary, bool):
-        raise errors.InvalidValue('"value" must be a string and "binary" true or false')
-    try:
-        value = values.b64decode(text) if binary else text.encode("utf-8")
-        validation.check_value_size(value)  # before parsing a value that is too large
-        if not binary:
-            values.check_json_text(text)
-    except UnicodeEncodeError as exc:
-        raise errors.InvalidValue("value is not valid UTF-8") from exc
-    except values.DecodeError as exc:
-        raise errors.InvalidValue(f"value is not one strict JSON document: {exc}") from exc
-    except ValueError as exc:  # bad base64
-        raise errors.InvalidValue(str(exc)) from exc
-    return value, binary
-
-
 def _ttl(body: Mapping[str, Any]) -> float | None:
     """The TTL the coordinator resolved: seconds, or null for no expiry (no default here)."""
     return validation.validate_ttl(body.get("ttl"))
@@ -142,6 +98,17 @@ def _key(body: Mapping[str, Any]) -> str:
 
 def _keys(body: Mapping[str, Any]) -> list[str]:
     return validation.key_list(body)
+
+
+def _items(body: Mapping[str, Any], width: int) -> list[Any]:
+    items = body.get("items")
+    if not isinstance(items, list):
+        raise errors.InvalidRequest('body must have an "items" list')
+    validation.check_batch_size(len(items))
+    for index, item in enumerate(items):
+        if not isinstance(item, list) or len(item) != width:
+            raise errors.InvalidRequest(f"items[{index}] must be a list of {width}")
+    return items
 
 
 def _read_frame_body(reader: Any, sock: Any, length: int) -> bytearray | None:
@@ -186,10 +153,6 @@ def _json(data: Any, status: int = 200) -> Answer:
     return status, orjson.dumps(data), _JSON
 
 
-def _version_headers(version: Any) -> list[tuple[str, str]]:
-    return [*_JSON, ("X-Version", format_version(version))]
-
-
 class InternalApp:
     """The WSGI app for ``/internal/v1/``. ``store`` and ``secret`` are read per call, so
     tests and settings changes see the current ones; ``observe(op, seconds, error)`` records
@@ -205,6 +168,7 @@ class InternalApp:
         *,
         max_body: Callable[[], int],
         ring_version: Callable[[], int] = lambda: 0,
+        stats: Callable[[], dict[str, Any]] = dict,
         observe: Callable[[str, float, bool], None] = lambda op, seconds, error: None,
         already_handled: object | None = None,
         pause: Callable[[float], None] = lambda seconds: None,
@@ -213,6 +177,7 @@ class InternalApp:
         self._secret = secret
         self._max_body = max_body
         self._ring_version = ring_version
+        self._stats = stats
         self._observe = observe
         # Streams need a server that lets the app keep the connection: gunicorn's async
         # (gevent) workers do, when the app returns their ALREADY_HANDLED marker.
@@ -227,6 +192,9 @@ class InternalApp:
             "get_many": self._get_many,
             "set_many": self._set_many,
             "delete_many": self._delete_many,
+            "sync": self._sync,
+            "stats": self._node_stats,
+            "clear": self._clear,
         }
 
     def __call__(
@@ -260,7 +228,7 @@ class InternalApp:
             status, body, headers = self._error(errors.from_store_error(exc))
         except Exception:  # a bug: still an answer a coordinator can tell from a miss
             log.exception("internal call %s failed", op)
-            status, body, headers = self._error(ServerError("the internal call failed"))
+            status, body, headers = self._error(errors.ServerError("the internal call failed"))
         if op in self._ops:
             error = status >= 400 and status not in (404, 412)
             self._observe(f"internal_{op}", time.perf_counter() - started, error)
@@ -268,7 +236,7 @@ class InternalApp:
 
     def _finish(self, answer: Answer) -> Answer:
         status, body, headers = answer
-        extra = [("X-Ring-Version", str(self._ring_version())), (INTERNAL_HEADER, "1")]
+        extra = [(RING_HEADER, str(self._ring_version())), (INTERNAL_HEADER, "1")]
         return status, body, [*headers, *extra]
 
     @staticmethod
@@ -286,22 +254,24 @@ class InternalApp:
         self._check_secret(environ)
         handler = self._ops.get(op)
         if handler is None:
-            raise UnknownOperation(f"no internal operation at {environ.get('PATH_INFO', '')!r}")
+            raise errors.UnknownOperation(
+                f"no internal operation at {environ.get('PATH_INFO', '')!r}"
+            )
         if environ.get("REQUEST_METHOD") != "POST":
-            raise MethodNotAllowed("internal calls are POST")
+            raise errors.MethodNotAllowed("internal calls are POST")
         return handler(self._store(), _parse(self._read_body(environ)))
 
     def _dispatch(self, op: str, raw: bytes) -> Answer:
         handler = self._ops.get(op)
         if handler is None:
-            raise UnknownOperation(f"no internal operation {op!r}")
+            raise errors.UnknownOperation(f"no internal operation {op!r}")
         return handler(self._store(), _parse(raw))
 
     # Streams: one upgraded connection carries many calls as length-prefixed frames.
     def _stream_socket(self, environ: dict[str, Any]) -> Any:
         self._check_secret(environ)
         if environ.get("HTTP_UPGRADE", "").lower() != STREAM_PROTOCOL:
-            raise UnknownOperation(f"{PREFIX}{STREAM_OP} needs Upgrade: {STREAM_PROTOCOL}")
+            raise errors.UnknownOperation(f"{PREFIX}{STREAM_OP} needs Upgrade: {STREAM_PROTOCOL}")
         if (
             environ.get("REQUEST_METHOD") != "POST"
             or environ.get("SERVER_PROTOCOL") != "HTTP/1.1"
@@ -312,7 +282,7 @@ class InternalApp:
             raise errors.InvalidRequest("an upgrade is an HTTP/1.1 POST with an empty body")
         sock = environ.get("gunicorn.socket")
         if self._already_handled is None or sock is None:
-            raise StreamsUnavailable("this node serves internal calls over HTTP only")
+            raise errors.StreamsUnavailable("this node serves internal calls over HTTP only")
         return sock
 
     def _run_stream(self, sock: Any) -> None:
@@ -336,7 +306,7 @@ class InternalApp:
                 head = reader.read(4)
                 if len(head) < 4:
                     return  # the peer closed the stream (or left it idle)
-                (length,) = _U32.unpack(head)
+                (length,) = frames.LENGTH.unpack(head)
                 if not 1 <= length <= limit:
                     # Answer, so the coordinator sees a refusal and not a dead node; the rest
                     # of the frame is dropped with the stream.
@@ -346,8 +316,7 @@ class InternalApp:
                 frame = _read_frame_body(reader, sock, length)
                 if frame is None:
                     return
-                op = frame[1 : 1 + frame[0]].decode("ascii", "replace")
-                raw = bytes(frame[1 + frame[0] :])
+                op, raw = frames.decode_request(frame)
                 answer = self._answer(op, functools.partial(self._dispatch, op, raw))
                 self._send_answer(sock, answer)
                 self._pause(0)
@@ -363,8 +332,7 @@ class InternalApp:
     @staticmethod
     def _send_answer(sock: Any, answer: Answer) -> None:
         status, body, headers = answer
-        meta = orjson.dumps(dict(headers))
-        sock.sendall(_ANSWER_HEAD.pack(4 + len(meta) + len(body), status, len(meta)) + meta + body)
+        sock.sendall(frames.encode_answer(status, headers, body))
 
     def _read_body(self, environ: dict[str, Any]) -> bytes:
         limit = self._max_body()
@@ -382,23 +350,16 @@ class InternalApp:
             if len(raw) > limit:
                 raise errors.RequestTooLarge(f"body is over the limit of {limit} bytes")
         else:
-            raise LengthRequired("internal calls need a Content-Length or a chunked body")
+            raise errors.LengthRequired("internal calls need a Content-Length or a chunked body")
         return bytes(raw)
 
     # Operations: each validates its body, then runs one store call.
     def _get(self, store: Store, body: Mapping[str, Any]) -> Answer:
         key = _key(body)
-        entry = store.get(key)
-        ttl = None if entry is None else store.remaining(entry)
-        if entry is None or (ttl is not None and ttl <= 0):
+        hit = store.read(key)
+        if hit is None or (hit.ttl is not None and hit.ttl <= 0):
             raise errors.NotFound(f"no key {key!r}")
-        headers = [
-            ("Content-Type", "application/octet-stream"),
-            ("X-Value-Type", "binary" if entry.binary else "json"),
-            ("X-TTL", "none" if ttl is None else repr(ttl)),
-            ("X-Version", format_version(entry.version)),
-        ]
-        return 200, entry.value, headers
+        return 200, hit.value, [("Content-Type", "application/octet-stream"), *hit_headers(hit)]
 
     def _set(self, store: Store, body: Mapping[str, Any]) -> Answer:
         key = _key(body)
@@ -411,13 +372,14 @@ class InternalApp:
         if if_absent:
             version = store.add(key, value, binary=binary, ttl=ttl)
         elif if_version is not None:
-            version = store.cas(key, value, _parse_version(if_version), binary=binary, ttl=ttl)
+            expected = decode_version(if_version, '"if_version"')
+            version = store.cas(key, value, expected, binary=binary, ttl=ttl)
         else:
             version = store.set(key, value, binary=binary, ttl=ttl)
         if version is None:
             raise errors.PreconditionFailed(f"the condition on key {key!r} does not hold")
         tag = format_version(version)
-        return 200, orjson.dumps({"version": tag}), _version_headers(version)
+        return 200, orjson.dumps({"version": tag}), [*_JSON, (VERSION_HEADER, tag)]
 
     def _delete(self, store: Store, body: Mapping[str, Any]) -> Answer:
         return _json({"deleted": store.delete(_key(body))})
@@ -443,15 +405,8 @@ class InternalApp:
         return _json({"values": texts, "binary": blobs})
 
     def _set_many(self, store: Store, body: Mapping[str, Any]) -> Answer:
-        items = body.get("items")
-        if not isinstance(items, list):
-            raise errors.InvalidRequest('body must have an "items" list')
-        validation.check_batch_size(len(items))
         parsed = []
-        for index, item in enumerate(items):
-            if not isinstance(item, list) or len(item) != 4:
-                raise errors.InvalidRequest(f"items[{index}] must be [key, value, binary, ttl]")
-            key, text, binary, ttl = item
+        for key, text, binary, ttl in _items(body, 4):
             value, binary = decode_value(text, binary)
             parsed.append(
                 (validation.validate_key(key), value, binary, validation.validate_ttl(ttl), None)
@@ -462,9 +417,25 @@ class InternalApp:
     def _delete_many(self, store: Store, body: Mapping[str, Any]) -> Answer:
         return _json({"deleted": store.delete_many(_keys(body))})
 
+    def _sync(self, store: Store, body: Mapping[str, Any]) -> Answer:
+        parsed = []
+        for key, text, binary, ttl, version in _items(body, 5):
+            value, binary = decode_value(text, binary)
+            parsed.append(
+                (
+                    validation.validate_key(key),
+                    value,
+                    binary,
+                    validation.validate_ttl(ttl),
+                    decode_version(version),
+                )
+            )
+        applied = store.set_many(parsed)
+        stored = sum(1 for v in applied if v is not None)
+        return _json({"stored": stored, "skipped": len(applied) - stored})
 
-def _parse_version(text: Any) -> Any:
-    try:
-        return parse_version(str(text))
-    except ValueError as exc:
-        raise errors.InvalidRequest(f'"if_version" {text!r} is not a write version') from exc
+    def _node_stats(self, store: Store, body: Mapping[str, Any]) -> Answer:
+        return _json(self._stats())
+
+    def _clear(self, store: Store, body: Mapping[str, Any]) -> Answer:
+        return _json({"flushed": store.clear()})

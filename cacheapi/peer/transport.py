@@ -16,14 +16,13 @@ import logging
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import orjson
+from cacheapi.peer import frames
 
 MAX_HEADER_LINE = 65536
 log = logging.getLogger(__name__)
@@ -41,13 +40,10 @@ class StreamsRefused(Exception):
 STREAM_RETRY_SECONDS = 60.0  # after a refused upgrade, ask again this much later
 # Reuse an idle connection only while the peer surely still keeps it: gunicorn closes idle
 # keep-alive connections after 30 s, an owner closes an idle stream after 60 s
-# (cacheapi.internal.STREAM_IDLE_SECONDS). A connection closed just as a call goes out would
+# (cacheapi.peer.server.STREAM_IDLE_SECONDS). A connection closed just as a call goes out would
 # fail that call, so connections are retired well before.
 HTTP_MAX_IDLE_SECONDS = 20.0
 STREAM_MAX_IDLE_SECONDS = 45.0
-MAX_ANSWER_FRAME = 1 << 31  # bytes; a bigger length is a broken stream, not an answer
-_REQUEST_HEAD = struct.Struct(">IB")  # frame length, operation length
-_ANSWER_HEAD = struct.Struct(">IHH")  # frame length, status, headers length
 
 
 class Headers:
@@ -55,11 +51,14 @@ class Headers:
 
     __slots__ = ("_items",)
 
-    def __init__(self) -> None:
-        self._items: dict[str, str] = {}
+    def __init__(self, items: dict[str, str] | None = None) -> None:
+        self._items: dict[str, str] = items if items is not None else {}  # lower-case names
 
     def __setitem__(self, name: str, value: str) -> None:
         self._items[name.lower()] = value
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
 
     def __contains__(self, name: str) -> bool:
         return name.lower() in self._items
@@ -211,9 +210,7 @@ class Pool:
             # a batch's sends: this call goes as HTTP, and a stream opens in the background.
             self._open_stream_later(upgrade)
             raise StreamsRefused(f"no idle stream to {self.host}:{self.port} yet")
-        name = op.encode("ascii")
-        frame = _REQUEST_HEAD.pack(1 + len(name) + len(body), len(name)) + name + body
-        return self._put(conn, frame, "", stream=True)
+        return self._put(conn, frames.encode_request(op, body), "", stream=True)
 
     def _open_stream_later(self, upgrade: tuple[str, Mapping[str, str], str]) -> None:
         """Open one stream in a background thread (a greenlet under gevent), one at a time."""
@@ -377,24 +374,16 @@ def _read_response(reader: object, method: str) -> tuple[Response, bool]:
 
 
 def _read_frame(reader: object) -> Response:
-    """One answer frame: u32 length, u16 status, u16 headers length, headers (a JSON object of
-    strings), body (``cacheapi.internal``)."""
-    head = reader.read(_ANSWER_HEAD.size)  # type: ignore[attr-defined]
-    if len(head) < _ANSWER_HEAD.size:
+    """One answer frame (``cacheapi.peer.frames`` has the layout)."""
+    head = reader.read(frames.ANSWER_HEAD.size)  # type: ignore[attr-defined]
+    if len(head) < frames.ANSWER_HEAD.size:
         raise TransportError("connection closed by the peer")
-    length, status, meta_length = _ANSWER_HEAD.unpack(head)
-    if not 4 + meta_length <= length <= MAX_ANSWER_FRAME:
-        raise TransportError(f"a malformed answer frame ({length} bytes)")
+    length, status, meta_length = frames.answer_sizes(head)
     rest = reader.read(length - 4)  # type: ignore[attr-defined]
     if len(rest) != length - 4:
         raise TransportError("connection closed mid-frame")
-    meta = orjson.loads(rest[:meta_length])
-    if not isinstance(meta, dict):
-        raise TransportError("the answer frame's headers are not a JSON object")
-    headers = Headers()
-    for name, value in meta.items():
-        headers[name] = str(value)
-    return Response(status, headers, rest[meta_length:])
+    meta, body = frames.decode_answer_rest(rest, meta_length)
+    return Response(status, Headers(meta), body)
 
 
 def _read_chunked(reader: object) -> bytes:
@@ -451,3 +440,8 @@ class Transport:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+def timed_out(exc: BaseException) -> bool:
+    """The call failed because the peer did not answer in time (not refused or reset)."""
+    return isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)

@@ -5,6 +5,7 @@ No Django and no HTTP here: the store is plain Python, tested with an injected c
 
 from cacheapi.store.lru import (
     Entry,
+    Hit,
     IntegerOverflow,
     NotInteger,
     SetItem,
@@ -16,6 +17,7 @@ from cacheapi.store.versions import HybridClock, Version, format_version, parse_
 
 __all__ = [
     "Entry",
+    "Hit",
     "HybridClock",
     "IntegerOverflow",
     "NotInteger",

@@ -54,6 +54,17 @@ class Entry:
     version: Version
 
 
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A value as read: its bytes, whether binary, the seconds it has left (None: no expiry)
+    and its version. What the router returns, whichever node the value came from."""
+
+    value: bytes
+    binary: bool
+    ttl: float | None
+    version: Version
+
+
 # key, value, binary, ttl, version: one write of ``set_many``.
 SetItem = tuple[str, bytes, bool, float | None, Version | None]
 
@@ -139,6 +150,16 @@ class Store:
         """The live entry, counted as a hit or miss and marked most recently used."""
         with self._lock:
             return self._lookup(key, self.clock())
+
+    def read(self, key: str) -> Hit | None:
+        """``get`` as a Hit: the value with the seconds it has left."""
+        with self._lock:
+            now = self.clock()
+            entry = self._lookup(key, now)
+        if entry is None:
+            return None
+        ttl = None if entry.expires_at is None else entry.expires_at - now
+        return Hit(entry.value, entry.binary, ttl, entry.version)
 
     def peek(self, key: str) -> Entry | None:
         """Like ``get`` but leaves no trace (no counters, no LRU move): for checks and migration."""

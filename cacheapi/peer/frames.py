@@ -1,0 +1,70 @@
+"""The frame layout of a stream between nodes: the one place that packs and unpacks frames.
+
+A coordinator upgrades a keep-alive connection once (``POST /internal/v1/stream`` with
+``Upgrade: cache-internal/1`` and the cluster secret; the owner answers ``101``) and then sends
+one call after another on it, each answered in order:
+
+- request frame: u32 length of the rest, u8 operation length, the operation (ASCII), the body
+  (JSON, as the operation's HTTP body would be);
+- answer frame: u32 length of the rest, u16 status, u16 headers length, the headers (a JSON
+  object of strings), the body.
+
+The same operations answer ``POST /internal/v1/<op>`` over plain HTTP, for nodes whose server
+cannot keep a connection (gunicorn's gthread worker).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import orjson
+
+PREFIX = "/internal/v1/"
+STREAM_OP = "stream"  # POST /internal/v1/stream with Upgrade: cache-internal/1
+STREAM_PROTOCOL = "cache-internal/1"
+LENGTH = struct.Struct(">I")  # the prefix of every frame
+REQUEST_HEAD = struct.Struct(">IB")  # frame length, operation length
+ANSWER_HEAD = struct.Struct(">IHH")  # frame length, status, headers length
+MAX_ANSWER_FRAME = 1 << 31  # bytes; a bigger length is a broken stream, not an answer
+
+
+class FrameError(ValueError):
+    """A frame that does not follow the layout."""
+
+
+def encode_request(op: str, body: bytes) -> bytes:
+    name = op.encode("ascii")
+    return REQUEST_HEAD.pack(1 + len(name) + len(body), len(name)) + name + body
+
+
+def decode_request(frame: bytes | bytearray) -> tuple[str, bytes]:
+    """A request frame after its length prefix -> (operation, body)."""
+    if not frame or len(frame) < 1 + frame[0]:
+        raise FrameError("a request frame shorter than its operation name")
+    op = bytes(frame[1 : 1 + frame[0]]).decode("ascii", "replace")
+    return op, bytes(frame[1 + frame[0] :])
+
+
+def encode_answer(status: int, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
+    meta = orjson.dumps(dict(headers))
+    return ANSWER_HEAD.pack(4 + len(meta) + len(body), status, len(meta)) + meta + body
+
+
+def answer_sizes(head: bytes) -> tuple[int, int, int]:
+    """An answer's fixed head -> (length of the rest, status, headers length); checked."""
+    length, status, meta_length = ANSWER_HEAD.unpack(head)
+    if not 4 + meta_length <= length <= MAX_ANSWER_FRAME:
+        raise FrameError(f"a malformed answer frame ({length} bytes)")
+    return length, status, meta_length
+
+
+def decode_answer_rest(rest: bytes, meta_length: int) -> tuple[dict[str, str], bytes]:
+    """The part of an answer after its head -> (headers by lower-case name, body)."""
+    try:
+        meta = orjson.loads(rest[:meta_length])
+    except orjson.JSONDecodeError as exc:
+        raise FrameError("the answer frame's headers are not JSON") from exc
+    if not isinstance(meta, dict):
+        raise FrameError("the answer frame's headers are not a JSON object")
+    return {str(k).lower(): str(v) for k, v in meta.items()}, rest[meta_length:]
