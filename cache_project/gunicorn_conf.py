@@ -6,6 +6,7 @@ cache that disagrees with the first. Anything asking for more (``--workers``, ``
 """
 
 import os
+import signal
 
 bind = os.environ.get("CACHE_BIND", "127.0.0.1:8001")
 workers = 1
@@ -44,3 +45,10 @@ def nworkers_changed(server, new_value, old_value):
             "a cache node runs exactly one worker; ignoring the change to %s", new_value
         )
         server.num_workers = 1
+
+
+def post_worker_init(worker):
+    # A terminal's Ctrl-C sends SIGINT to the master and the worker alike; the master answers it
+    # with SIGQUIT to the worker, which would then exit twice and print gevent's "failed with
+    # SystemExit" traceback. The master alone decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

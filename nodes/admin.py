@@ -49,7 +49,11 @@ class NodeAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description="Drain selected nodes (hand their keys off, then leave the ring)")
+    # Keys do not migrate yet, so draining is leaving the ring; say so rather than promise more.
+    @admin.action(
+        description="Drain selected nodes (leave the ring at once; their keys are not moved "
+        "yet and become misses)"
+    )
     def drain(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
         self._move(request, queryset, Node.Status.DRAINING, "Draining")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -185,3 +187,19 @@ def test_peers_fall_back_to_one_request_per_call_on_a_gthread_node(registry, tmp
         proc.stop()
     assert "internal_stream" not in stats["ops"]
     assert stats["ops"]["internal_set"] == 1
+
+
+def test_ctrl_c_on_the_terminal_stops_a_node_without_a_traceback(registry, tmp_path):
+    """A terminal's Ctrl-C reaches gunicorn's master and its worker alike (one process group);
+    the worker must exit once, on its master's word, not print gevent's SystemExit traceback."""
+    node = NodeProcess(registry, "n1", tmp_path).start()  # its own process group, as a shell's job
+    try:
+        node.wait_ready()
+        os.killpg(node.proc.pid, signal.SIGINT)
+        assert node.proc.wait(timeout=30) == 0
+    finally:
+        node.stop()
+    log = node.log()
+    assert "Handling signal: int" in log
+    assert "Traceback" not in log, log
+    assert "SystemExit" not in log, log

@@ -436,6 +436,18 @@ def test_actions_move_nodes_and_bump_once(admin: Client, name: str, start: str, 
     assert f"ring version is now {before + 1}" in text
 
 
+def test_drain_says_what_it_does_today(admin: Client) -> None:
+    """Keys do not migrate yet: the action must not promise a hand-off (README, Operations)."""
+    make("a")
+    html = admin.get(CHANGELIST).content.decode()
+    match = re.search(r'<option value="drain">([^<]*)</option>', html)
+    assert match is not None, html
+    description = match.group(1)
+    assert "hand" not in description.lower()
+    assert "leave the ring at once" in description
+    assert "misses" in description
+
+
 def test_enable_brings_down_nodes_back_and_leaves_up_ones(admin: Client) -> None:
     nodes = [make("a"), make("b", status=Node.Status.DOWN)]
     before = version()

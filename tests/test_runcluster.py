@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -88,3 +91,103 @@ def test_runcluster_starts_three_nodes_and_stops_every_child(tmp_path, stop_sign
     _, alive = psutil.wait_procs(children, timeout=20)
     assert alive == []
     assert "cluster stopped" in "".join(lines)
+
+
+class ClusterInSession:
+    """``runcluster`` in a process group of its own, as a shell starts a foreground job, with
+    stdout and stderr collected apart."""
+
+    def __init__(self, tmp_path: Path, nodes: int) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'registry.sqlite3'}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        argv = ["manage.py", "runcluster", "--nodes", str(nodes), "--base-port", str(free_port())]
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._pumps = [
+            threading.Thread(target=_collect, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=_collect, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
+        self.nodes: list[psutil.Process] = []
+
+    def wait_up(self) -> list[str]:
+        """The node URLs, once the cluster says it is up; remembers every node process."""
+        wait_for(lambda: any("Ctrl-C stops the cluster" in line for line in self.out), timeout=90)
+        self.nodes = psutil.Process(self.proc.pid).children(recursive=True)
+        return re.findall(r"n\d\s+(http://127\.0\.0\.1:\d+)", "".join(self.out))
+
+    def close(self) -> list[psutil.Process]:
+        """Make sure nothing is left running; return the node processes that outlived the wait
+        (killed by now)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(self.nodes, timeout=20)
+        for leftover in alive:
+            leftover.kill()
+        for pump in self._pumps:
+            pump.join(timeout=10)
+        return alive
+
+
+def _collect(stream: IO[str], lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
+
+
+def _refuses_connections(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, int(port))) != 0
+
+
+def test_ctrl_c_on_the_terminal_stops_every_node_without_a_traceback(tmp_path):
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group; every node must
+    stop once, quietly, and runcluster must say so."""
+    cluster = ClusterInSession(tmp_path, nodes=2)
+    try:
+        urls = cluster.wait_up()
+        assert len(urls) == 2
+        assert len(cluster.nodes) >= 4  # two gunicorn masters and their workers
+        os.killpg(cluster.proc.pid, signal.SIGINT)
+        assert cluster.proc.wait(timeout=30) == 0
+    finally:
+        alive = cluster.close()
+    assert alive == []
+    assert all(_refuses_connections(url) for url in urls)
+    stdout, stderr = "".join(cluster.out), "".join(cluster.err)
+    assert "cluster stopped" in stdout
+    for text in (stdout, stderr):
+        assert "Traceback" not in text, text
+        assert "SystemExit" not in text, text
+
+
+def test_nodes_die_with_runcluster_even_when_it_is_killed(tmp_path):
+    """The nodes run in sessions of their own (out of the terminal's reach), so only
+    PR_SET_PDEATHSIG stops them when runcluster cannot (SIGKILL)."""
+    cluster = ClusterInSession(tmp_path, nodes=1)
+    try:
+        urls = cluster.wait_up()
+        assert len(cluster.nodes) >= 2  # a gunicorn master and its worker
+        cluster.proc.kill()
+        cluster.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(cluster.nodes, timeout=20)
+        assert alive == []
+    finally:
+        cluster.close()
+    assert all(_refuses_connections(url) for url in urls)

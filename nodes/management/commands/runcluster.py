@@ -3,6 +3,12 @@
 Migrates the registry, starts N ``runnode`` children on consecutive free ports, prints the
 admin URL, an admin login and an API key (once), then waits. Ctrl-C or SIGTERM stops every
 child; children also get SIGTERM if this process dies (PR_SET_PDEATHSIG), so none is orphaned.
+
+Each node runs in a session of its own, so a terminal's Ctrl-C (SIGINT to the whole foreground
+process group) reaches only this command, which passes the signal on to each node's gunicorn
+master: SIGINT is gunicorn's quick shutdown, SIGTERM its graceful one. Were the nodes in the
+terminal's group, each gunicorn worker would get SIGINT from the terminal and SIGQUIT from its
+master, and print a gevent traceback while exiting twice.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -80,17 +87,20 @@ class Command(BaseCommand):
 
         children: list[subprocess.Popen[bytes]] = []
         stopping = False
+        stop_signal = signal.SIGTERM  # what the nodes get; a Ctrl-C here passes on as SIGINT
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            nonlocal stopping
+            nonlocal stopping, stop_signal
             stopping = True
+            stop_signal = signal.Signals(signum)
 
         previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for i, port in enumerate(ports):
                 children.append(self._spawn(f"n{i + 1}", host, port, env))
             urls = [f"http://{host}:{p}" for p in ports]
-            self._wait_healthy(urls, children)
+            if not self._wait_healthy(urls, children, lambda: stopping):
+                return  # Ctrl-C during start-up: the finally below stops what started
             self.stdout.write(self.style.SUCCESS(f"cluster of {count} nodes is up:"))
             for i, url in enumerate(urls):
                 self.stdout.write(f"  n{i + 1}  {url}")
@@ -112,7 +122,7 @@ class Command(BaseCommand):
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self._stop_all(children)
+            self._stop_all(children, stop_signal)
             self.stdout.write("cluster stopped")
 
     def _spawn(
@@ -130,14 +140,26 @@ class Command(BaseCommand):
             str(port),
         ]
         return subprocess.Popen(
-            argv, cwd=Path(settings.BASE_DIR), env=env, preexec_fn=_die_with_parent
+            argv,
+            cwd=Path(settings.BASE_DIR),
+            env=env,
+            start_new_session=True,  # out of the terminal's reach: see the module docstring
+            preexec_fn=_die_with_parent,
         )
 
-    def _wait_healthy(self, urls: list[str], children: list[subprocess.Popen[bytes]]) -> None:
+    def _wait_healthy(
+        self,
+        urls: list[str],
+        children: list[subprocess.Popen[bytes]],
+        stop_requested: Callable[[], bool],
+    ) -> bool:
+        """Wait until every node answers /health; False if a stop was requested first."""
         http = urllib3.PoolManager(retries=False, timeout=1.0)
         deadline = time.monotonic() + 60
         pending = set(urls)
         while pending:
+            if stop_requested():
+                return False
             if time.monotonic() > deadline:
                 raise CommandError(f"nodes did not become healthy: {sorted(pending)}")
             if any(c.poll() is not None for c in children):
@@ -149,12 +171,13 @@ class Command(BaseCommand):
                 except (urllib3.exceptions.HTTPError, OSError):
                     pass
             time.sleep(0.1)
+        return True
 
     @staticmethod
-    def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    def _stop_all(children: list[subprocess.Popen[bytes]], signum: signal.Signals) -> None:
         for child in children:
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                child.send_signal(signum)
         deadline = time.monotonic() + 15
         for child in children:
             try:
