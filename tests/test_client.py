@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -89,23 +90,135 @@ def test_ttl_none_means_forever_and_default_applies_when_omitted(client):
     assert 29 < client.get_with_ttl("c:short")[1] <= 30
 
 
-def test_client_routes_straight_to_owners(cluster, client):
+def test_single_keys_go_straight_to_their_owners(cluster, client):
     before = forwards(cluster)
     keys = [f"route-{i}" for i in range(60)]
     for i, key in enumerate(keys):
         client.set(key, i)
     assert [client.get(k) for k in keys] == list(range(60))
-    assert client.set_many({f"many-{i}": i for i in range(300)}) == 300
-    assert client.get_many([f"many-{i}" for i in range(300)] + ["many-x"]) == {
-        f"many-{i}": i for i in range(300)
-    }
-    assert client.delete_many([f"many-{i}" for i in range(100)]) == 100
+    assert client.delete(keys[0]) is True
     assert forwards(cluster) == before
     # And every key sits on its ring primary.
     ring = client.ring
-    per_node = {n.name: cluster.stats(n)["items"] for n in cluster.nodes}
-    assert all(count > 0 for count in per_node.values())
-    assert ring.primary("route-0").name in per_node
+    items = {n.name: cluster.stats(n)["items"] for n in cluster.nodes}
+    assert sum(items.values()) >= 59
+    assert all(count > 0 for count in items.values())
+    assert ring.primary("route-1").name in items
+
+
+BATCH_OPS = ("get_many", "set_many", "delete_many")
+COUNTED = (*BATCH_OPS, *(f"internal_{op}" for op in BATCH_OPS))
+
+
+def batch_ops(cluster: Cluster, names: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per node (all, or those named), how many batch calls it served: from clients, and from
+    peers (internal_)."""
+    out = {}
+    for n in cluster.nodes:
+        if names is None or n.name in names:
+            ops = cluster.stats(n)["ops"]
+            out[n.name] = {op: ops.get(op, 0) for op in COUNTED}
+    return out
+
+
+def served_since(cluster: Cluster, before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The batch calls each node of ``before`` served since, zeros left out."""
+    now = batch_ops(cluster, before)
+    return {
+        name: {op: n - before[name][op] for op, n in ops.items() if n != before[name][op]}
+        for name, ops in now.items()
+    }
+
+
+def keys_owned(ring: Any, prefix: str, counts: dict[str, int]) -> list[str]:
+    """Keys named ``prefix:<i>``: ``counts[node]`` of them owned by each node."""
+    keys: list[str] = []
+    left = dict(counts)
+    i = 0
+    while any(left.values()):
+        key = f"{prefix}:{i}"
+        owner = ring.primary(key).name
+        if left.get(owner, 0) > 0:
+            left[owner] -= 1
+            keys.append(key)
+        i += 1
+    return keys
+
+
+def test_a_batch_goes_as_one_request_to_the_node_owning_most_of_it(cluster, client):
+    """The other owners are called by that node over the peer protocol (internal_ ops), never
+    by the client: one HTTP request for the batch instead of one per owner."""
+    keys = keys_owned(client.ring, "most", {"n2": 40, "n1": 10, "n3": 10})
+    expected = {
+        "n2": {"set_many": 1},
+        "n1": {"internal_set_many": 1},
+        "n3": {"internal_set_many": 1},
+    }
+    before = batch_ops(cluster)
+    assert client.set_many({k: k.upper() for k in keys}) == 60
+    assert served_since(cluster, before) == expected
+
+    before = batch_ops(cluster)
+    assert client.get_many([*keys, "most:absent"]) == {k: k.upper() for k in keys}
+    assert served_since(cluster, before) == {
+        name: {op.replace("set_many", "get_many"): n for op, n in ops.items()}
+        for name, ops in expected.items()
+    }
+
+    before = batch_ops(cluster)
+    assert client.delete_many(keys) == 60
+    assert served_since(cluster, before) == {
+        name: {op.replace("set_many", "delete_many"): n for op, n in ops.items()}
+        for name, ops in expected.items()
+    }
+    assert client.get_many(keys) == {}
+
+    # A batch on one owner only: that owner, and no peer call at all.
+    only_n3 = keys_owned(client.ring, "one", {"n3": 20})
+    before = batch_ops(cluster)
+    assert client.set_many(dict.fromkeys(only_n3, 1)) == 20
+    assert served_since(cluster, before) == {"n1": {}, "n2": {}, "n3": {"set_many": 1}}
+
+
+def test_batches_of_any_size_are_cut_at_the_nodes_limit(cluster, client):
+    items = {f"big:{i}": i for i in range(3000)}
+    before = batch_ops(cluster)
+    assert client.set_many(items) == 3000
+    assert client.get_many(items) == items
+    assert client.delete_many(items) == 3000
+    assert client.get_many(items) == {}
+    served = served_since(cluster, before)
+    # 3,000 keys at most 1,000 a request: 3 requests a batch, whatever each owner's share.
+    for op, batches in (("set_many", 1), ("get_many", 2), ("delete_many", 1)):
+        assert sum(ops.get(op, 0) for ops in served.values()) == 3 * batches, (op, served)
+
+    small = CacheClient(
+        [cluster.nodes[0].url], api_key=cluster.registry.api_key, timeout=2, max_batch_keys=7
+    )
+    try:
+        keys = [f"small:{i}" for i in range(20)]
+        before = batch_ops(cluster)
+        assert small.set_many(dict.fromkeys(keys, "v")) == 20
+        served = served_since(cluster, before)
+        assert sum(ops.get("set_many", 0) for ops in served.values()) == 3
+        assert small.get_many(keys) == dict.fromkeys(keys, "v")
+        assert small.delete_many(keys) == 20
+    finally:
+        small.close()
+
+
+def test_a_client_limit_above_the_nodes_one_is_refused_as_invalid(cluster):
+    big = CacheClient(
+        [cluster.nodes[0].url], api_key=cluster.registry.api_key, timeout=2, max_batch_keys=5000
+    )
+    try:
+        with pytest.raises(InvalidRequest) as info:
+            big.get_many(f"over:{i}" for i in range(1001))
+        assert (info.value.status, info.value.code) == (413, "batch_too_large")
+    finally:
+        big.close()
+    with pytest.raises(ValueError, match="max_batch_keys"):
+        CacheClient(["http://127.0.0.1:1"], api_key="x", max_batch_keys=0)
 
 
 def test_typed_errors(cluster, client):
@@ -161,17 +274,19 @@ def test_seed_list_may_name_any_node_and_dead_seeds_are_skipped(cluster):
 
 
 class ScriptedNode:
-    """Serves the ring (itself, with ``status``) and records every other call; ``answers``
-    maps "METHOD path" to (status, body), and a call without an answer gets its connection
-    closed after the request was read, as a node that dies mid-call."""
+    """Serves the ring (itself, with ``status``, or ``ring`` when set) and records every other
+    call; ``answers`` maps "METHOD path" to (status, body), and a call without an answer gets
+    its connection closed after the request was read, as a node that dies mid-call."""
 
-    def __init__(self, status: str = "up") -> None:
+    def __init__(self, status: str = "up", name: str = "s1") -> None:
         import http.server
         import json
         import threading
 
         self.calls: list[str] = []
         self.answers: dict[str, tuple[int, Any]] = {}
+        self.name = name
+        self.ring: list[dict[str, Any]] | None = None
         scripted = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -180,8 +295,9 @@ class ScriptedNode:
                 self.rfile.read(length)
                 call = f"{self.command} {self.path}"
                 if self.path == "/api/v1/cluster/ring":
-                    node = {"name": "s1", "url": scripted.url, "weight": 1, "status": status}
-                    answer: tuple[int, Any] | None = (200, {"version": 1, "nodes": [node]})
+                    node = {"name": name, "url": scripted.url, "weight": 1, "status": status}
+                    nodes = scripted.ring or [node]
+                    answer: tuple[int, Any] | None = (200, {"version": 1, "nodes": nodes})
                 else:
                     scripted.calls.append(call)
                     answer = scripted.answers.get(call)
@@ -214,8 +330,8 @@ class ScriptedNode:
 def scripted():
     made: list[ScriptedNode] = []
 
-    def make(status: str = "up") -> ScriptedNode:
-        made.append(ScriptedNode(status))
+    def make(status: str = "up", name: str = "s1") -> ScriptedNode:
+        made.append(ScriptedNode(status, name))
         return made[-1]
 
     yield make
@@ -268,5 +384,33 @@ def test_batch_failures_and_an_empty_ring_raise(scripted):
             c.flush()
         assert c.get_many([]) == {}
         assert drained.calls == []
+    finally:
+        c.close()
+
+
+def test_a_batch_part_is_retried_on_another_node_only_when_that_is_safe(scripted):
+    """Two nodes that both die mid-call: a read or a plain set is asked of the other node
+    once; a delete that may have been applied is not sent again."""
+    nodes = [scripted(name="s1"), scripted(name="s2")]
+    ring = [{"name": n.name, "url": n.url, "weight": 1, "status": "up"} for n in nodes]
+    for n in nodes:
+        n.ring = ring
+    c = CacheClient([nodes[0].url], api_key="k", timeout=2)
+    keys = [f"k{i}" for i in range(20)]
+    try:
+        for call, path, sends in (
+            (lambda: c.get_many(keys), "POST /api/v1/batch/get", 2),
+            (lambda: c.set_many(dict.fromkeys(keys, 1)), "POST /api/v1/batch/set", 2),
+            (lambda: c.delete_many(keys), "POST /api/v1/batch/delete", 1),
+        ):
+            for n in nodes:
+                n.calls.clear()
+            with pytest.raises(Unavailable) as info:
+                call()
+            assert info.value.failed == keys  # no node answered: every key failed
+            calls = [call for n in nodes for call in n.calls]
+            assert calls == [path] * sends
+            if sends == 2:  # first the node owning most of the keys, then the other one
+                assert [len(n.calls) for n in nodes] == [1, 1]
     finally:
         c.close()
