@@ -44,6 +44,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 HARD_TIMEOUT = 10.0  # seconds past the window before unanswered requests count as errors
+NOISY_PCT = 25.0  # other processes using more than this much of a core make a row noisy
 _RECV = 262_144
 
 
@@ -624,7 +625,7 @@ def wait_for_quiet(
     server_cpu: Callable[[], float] | None = None,
     *,
     max_wait: float = 10.0,
-    threshold_pct: float = 25.0,
+    threshold_pct: float = NOISY_PCT,
     interval: float = 0.5,
 ) -> tuple[float, float | None]:
     """Wait (at most ``max_wait`` s) until the rest of the machine, i.e. everything but the

@@ -26,58 +26,46 @@ import argparse
 import contextlib
 import datetime as dt
 import os
-import platform
-import random
-import shlex
-import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cluster
 import orjson
-from load import HttpTarget, LoadResult, RedisTarget, http_request, run_load, wait_for_quiet
-from servers import ROOT, Node, Registry, batch_set, cleanup_on_exit
+from dataset import BATCH_KEYS, batches, make_dataset
+from load import (
+    NOISY_PCT,
+    HttpTarget,
+    LoadResult,
+    RedisTarget,
+    http_request,
+    run_load,
+    wait_for_quiet,
+)
+from options import parse_args
+from report import (
+    ROOT,
+    command_line,
+    fmt,
+    loadavg,
+    machine_facts,
+    machine_table,
+    save_figure,
+    shown,
+    write_bytes,
+    write_text,
+)
+from servers import Node, Registry, batch_set, cleanup_on_exit
 from tqdm import tqdm
 
-RESULTS = Path(__file__).resolve().parent / "results"
-BATCH_KEYS = 100
 DRF_PLAIN_TARGET = 0.8
 BATCH_REDIS_TARGET = 1.0
-NOISY_PCT = 25.0  # other processes using more than this much of a core make a row noisy
 WORKER_CLASSES: list[tuple[str, int | None]] = [("gthread", 1), ("gthread", 4), ("gevent", None)]
-
-
-# --------------------------------------------------------------------------- the data set
-
-
-def make_dataset(n: int, seed: int = 42) -> list[tuple[str, dict[str, Any]]]:
-    """n keys with JSON values of about 100 bytes (compact encoding)."""
-    rng = random.Random(seed)
-    tags = ["alpha", "beta", "gamma", "delta"]
-    return [
-        (
-            f"bench-{i:06d}",
-            {
-                "id": i,
-                "user": f"user-{i:06d}",
-                "email": f"user{i:06d}@example.com",
-                "score": round(rng.uniform(100, 999), 3),
-                "tags": rng.sample(tags, 2),
-            },
-        )
-        for i in range(n)
-    ]
-
-
-def batches(keys: list[str], count: int, size: int, seed: int = 7) -> list[list[str]]:
-    rng = random.Random(seed)
-    return [rng.sample(keys, size) for _ in range(count)]
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -393,39 +381,6 @@ def find(rows: list[Row], section: str, name: str, system: str | None = None) ->
     return None
 
 
-def fmt(value: float | None, spec: str = ",.0f") -> str:
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return format(value, spec)
-
-
-def machine_facts() -> dict[str, str]:
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = []
-    for pkg in ("Django", "djangorestframework", "gunicorn", "gevent", "redis", "orjson"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions.append(f"{pkg} {metadata.version(pkg)}")
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu_model or platform.processor() or "?",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "os": f"{platform.system()} {platform.release()}",
-        "packages": ", ".join(versions),
-    }
-
-
-def loadavg() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
 def ratio(a: LoadResult | None, b: LoadResult | None, per: str = "ops") -> float | None:
     if a is None or b is None:
         return None
@@ -461,24 +416,6 @@ def _bottleneck(r: LoadResult) -> str:
         side = "client" if r.client_cpu_pct > server else "server"
         return f"all cores busy ({side}-heavy)"
     return "server waits (not CPU-bound)"
-
-
-def machine_table(
-    started: dt.datetime, load_before: str, load_after: str, extra: Sequence[str] = ()
-) -> list[str]:
-    """The machine-facts table both reports open with (``extra``: more table rows)."""
-    facts = machine_facts()
-    return [
-        "| machine | |",
-        "| --- | --- |",
-        f"| date (UTC) | {started:%Y-%m-%d %H:%M:%S} |",
-        f"| nproc | {facts['nproc']} ({facts['cpu']}) |",
-        f"| python | {facts['python']} ({sys.executable}) |",
-        f"| os | {facts['os']} |",
-        f"| packages | {facts['packages']} |",
-        *extra,
-        f"| load average 1/5/15 min | before {load_before}, after {load_after} |",
-    ]
 
 
 def report(
@@ -825,10 +762,7 @@ def plot(bench: Bench, path: Path) -> None:
         "Worker class: requests per second",
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def write_json(bench: Bench, path: Path, meta: dict[str, Any]) -> None:
@@ -862,146 +796,22 @@ def write_json(bench: Bench, path: Path, meta: dict[str, Any]) -> None:
                 error_samples=r.error_samples,
             )
         rows.append(item)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(orjson.dumps({**meta, "rows": rows}, option=orjson.OPT_INDENT_2))
-    tmp.replace(path)
+    write_bytes(path, orjson.dumps({**meta, "rows": rows}, option=orjson.OPT_INDENT_2))
 
 
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--duration", type=float, default=None, help="measured seconds per row (5)")
-    p.add_argument("--warmup", type=float, default=None, help="warm-up seconds per row (1)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 s rows, 2,000 keys")
-    p.add_argument("--keys", type=int, default=None, help="preloaded keys (10000)")
-    p.add_argument("--procs", type=int, default=2, help="load processes (2)")
-    p.add_argument("--conns", type=int, default=4, help="connections per load process (4)")
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=2,
-        help="compared rows (DRF / plain GET, worker classes) take turns in this many rounds "
-        "of duration / rounds seconds (2)",
-    )
-    p.add_argument(
-        "--pin", action="store_true", help="pin the node to CPU 0 and the load processes to CPU 1"
-    )
-    p.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=10.0,
-        help="before each row, wait up to this many seconds while other processes "
-        f"use more than {NOISY_PCT:g}%% of a core (10)",
-    )
-    p.add_argument(
-        "--quiet-wait-total",
-        type=float,
-        default=None,
-        help="most seconds of such waiting in the whole run (30; --quick: 10)",
-    )
-    p.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
-    p.add_argument("--redis-host", default="127.0.0.1")
-    p.add_argument("--redis-port", type=int, default=6379)
-    p.add_argument("--redis-db", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    p.add_argument("--name", default="foundation", help="results file stem (foundation)")
-    p.add_argument(
-        "--only",
-        choices=["foundation", "cluster"],
-        default=None,
-        help="run only the foundation or only the cluster benchmark (default: both)",
-    )
-    p.add_argument(
-        "--cluster-duration",
-        type=float,
-        default=None,
-        help="cluster benchmark: measured seconds per item (N x path x op), split over "
-        "--rounds (8; --quick: 1)",
-    )
-    p.add_argument(
-        "--client-duration",
-        type=float,
-        default=None,
-        help="cluster benchmark: seconds of each CacheClient sanity row (3; --quick: 1)",
-    )
-    p.add_argument(
-        "--profile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="cluster benchmark: after the measured items, load three of them again with "
-        "py-spy on every node and report where the CPU goes (default: on if py-spy is "
-        "installed, off with --quick)",
-    )
-    p.add_argument(
-        "--control",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="cluster benchmark: also measure the lone node at the per-node concurrency of the "
-        "3-node smart client (GET, SET; on by default)",
-    )
-    p.add_argument(
-        "--profile-duration",
-        type=float,
-        default=3.0,
-        help="cluster benchmark: seconds of each profiled load (3)",
-    )
-    a = p.parse_args(argv)
-    a.duration = a.duration if a.duration is not None else (1.0 if a.quick else 5.0)
-    a.warmup = a.warmup if a.warmup is not None else (0.3 if a.quick else 1.0)
-    a.keys = a.keys if a.keys is not None else (2000 if a.quick else 10_000)
-    if a.cluster_duration is None:
-        a.cluster_duration = 1.0 if a.quick else 8.0
-    if a.client_duration is None:
-        a.client_duration = 1.0 if a.quick else 3.0
-    if a.profile is None:
-        a.profile = not a.quick and (
-            shutil.which("py-spy") is not None or (Path(sys.executable).parent / "py-spy").exists()
-        )
-    if a.quiet_wait_total is None:
-        a.quiet_wait_total = 10.0 if a.quick else 30.0
-    if a.redis_host not in ("127.0.0.1", "localhost", "::1"):
-        p.error("--redis-host: loopback only")
-    if a.cluster_duration <= 0 or a.client_duration <= 0:
-        p.error("need --cluster-duration > 0 and --client-duration > 0")
-    if min(a.procs, a.conns, a.rounds) < 1 or a.duration <= 0 or a.warmup < 0:
-        p.error("need --duration > 0, --warmup >= 0 and --procs, --conns, --rounds >= 1")
-    if a.keys < BATCH_KEYS:
-        p.error(f"--keys must be at least {BATCH_KEYS}")
-    return a
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    command = "cd {} && .venv/bin/python bench/run.py{}".format(
-        ROOT, "".join(" " + shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
-    )
+    args = parse_args(argv, __doc__)
+    command = command_line("bench/run.py", sys.argv[1:] if argv is None else argv)
     rc = 0
     if args.only in (None, "foundation"):
         rc = run_foundation(args, command)
         if rc:
             return rc
     if args.only in (None, "cluster"):
-        # bench/cluster.py imports helpers from this module: let it find this very module (also
-        # when it runs as __main__) instead of loading a second copy.
-        sys.modules.setdefault("run", sys.modules[__name__])
-        import cluster
-
-        try:
-            with cleanup_on_exit():
-                rc = cluster.run(args, command, print)
-        except KeyboardInterrupt:
-            print("\ninterrupted: every node was stopped; no results written", file=sys.stderr)
-            return 130
-        md = args.out / "cluster.md"
-        print(
-            f"wrote {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md}, cluster.png, "
-            "cluster.json",
-            file=sys.stderr,
-        )
+        rc = cluster.main(args, command)
     return rc
 
 
@@ -1020,9 +830,7 @@ def run_foundation(args: argparse.Namespace, command: str) -> int:
     md = args.out / f"{args.name}.md"
     png = args.out / f"{args.name}.png"
     text = report(bench, command, started, load_before, load_after)
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(md)
+    write_text(md, text)
     plot(bench, png)
     write_json(
         bench,
@@ -1030,11 +838,7 @@ def run_foundation(args: argparse.Namespace, command: str) -> int:
         {"command": command, "date": started.isoformat(), **machine_facts()},
     )
     print(text)
-    print(
-        f"wrote {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md}, {png.name}, "
-        f"{args.name}.json",
-        file=sys.stderr,
-    )
+    print(f"wrote {shown(md)}, {png.name}, {args.name}.json", file=sys.stderr)
     return 0
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,11 +29,7 @@ from typing import Any
 
 import psutil
 import requests
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(1, str(ROOT))
-
-from tests.processes import free_port  # noqa: E402 - one port picker for tests and benchmarks
+from report import ROOT
 
 PYTHON = sys.executable
 
@@ -41,6 +39,31 @@ _DROPPED_ENV_PREFIXES = ("CACHE_",)
 _DROPPED_ENV = {"DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY"}
 
 _live: list[Node] = []
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port to start a server on: free now, never handed out before by this process, and
+    below the kernel's ephemeral range, so that no outgoing connection (a load lane, a peer)
+    takes it between this check and the server's bind (bind(0) picks from that very range).
+    The same picker as the tests' (``tests/processes.py``); bench/ does not import tests/."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = low - 1 if low > 12_000 else 60_999
+    for _ in range(1000):
+        port = random.randint(10_000, top)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found")
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
