@@ -98,8 +98,8 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("JSON decode (`values.loads`: digit-run regex + orjson)", ("loads (cacheapi/values.py",)),
     ("ring lookup (`primary`, `group_by_owner`)", ("Ring.group_by_owner (", "Ring.primary (")),
-    ("store (`cacheapi/store.py`)", ("(cacheapi/store.py",)),
-    ("internal calls served (`cacheapi.internal`, no Django)", ("InternalApp.__call__ (",)),
+    ("store (`cacheapi/store/`)", ("(cacheapi/store/",)),
+    ("internal calls served (`cacheapi.peer.server`, no Django)", ("InternalApp.__call__ (",)),
     ("DRF + views (auth, parsing, negotiation, rendering)", ("APIView.dispatch (",)),
     ("Django (middleware, URL resolving, signals)", ("WSGIHandler.__call__ (",)),
     ("gunicorn (HTTP parsing, writing answers)", ("AsyncWorker.handle (",)),
@@ -1260,7 +1260,7 @@ def observations(bench: ClusterBench) -> list[str]:
                 f"i.e. {coord:.3f} ms more per forward (making the outbound HTTP call and reading "
                 f"the peer's answer); the owners spend {owner:.3f} ms per forwarded "
                 f"request, i.e. {owner / base_ms:.2f}x a client request on a lone node (an "
-                "internal call is served by `cacheapi.internal`, not Django/DRF). Per forwarded "
+                "internal call is served by `cacheapi.peer.server`, not Django/DRF). Per forwarded "
                 f"op that is {coord + owner:.3f} ms on top of the {base_ms:.3f} ms a direct "
                 "request costs."
             )
