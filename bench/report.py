@@ -81,17 +81,15 @@ def shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write through a temp file, so a reader never sees half a report."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_bytes(path: Path, data: bytes) -> None:
+    """Write through a temp file, so a reader never sees half a result file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
 
 
 def save_figure(fig: Any, path: Path) -> None:
