@@ -49,7 +49,9 @@ import orjson
 import psutil
 import redis_cluster
 import requests
+from dataset import BATCH_KEYS, batches, make_dataset
 from load import (
+    NOISY_PCT,
     HttpFanoutTarget,
     HttpTarget,
     LoadResult,
@@ -57,17 +59,19 @@ from load import (
     run_load,
     wait_for_quiet,
 )
-from run import (
-    BATCH_KEYS,
-    NOISY_PCT,
-    batches,
+from options import parse_args
+from report import (
+    command_line,
     fmt,
     loadavg,
     machine_facts,
     machine_table,
-    make_dataset,
+    save_figure,
+    shown,
+    write_bytes,
+    write_text,
 )
-from servers import Node, Registry, batch_set
+from servers import Node, Registry, batch_set, cleanup_on_exit
 from tqdm import tqdm
 
 from nodes.ring import Ring
@@ -94,8 +98,8 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("JSON decode (`values.loads`: digit-run regex + orjson)", ("loads (cacheapi/values.py",)),
     ("ring lookup (`primary`, `group_by_owner`)", ("Ring.group_by_owner (", "Ring.primary (")),
-    ("store (`cacheapi/store.py`)", ("(cacheapi/store.py",)),
-    ("internal calls served (`cacheapi.internal`, no Django)", ("InternalApp.__call__ (",)),
+    ("store (`cacheapi/store/`)", ("(cacheapi/store/",)),
+    ("internal calls served (`cacheapi.peer.server`, no Django)", ("InternalApp.__call__ (",)),
     ("DRF + views (auth, parsing, negotiation, rendering)", ("APIView.dispatch (",)),
     ("Django (middleware, URL resolving, signals)", ("WSGIHandler.__call__ (",)),
     ("gunicorn (HTTP parsing, writing answers)", ("AsyncWorker.handle (",)),
@@ -1256,7 +1260,7 @@ def observations(bench: ClusterBench) -> list[str]:
                 f"i.e. {coord:.3f} ms more per forward (making the outbound HTTP call and reading "
                 f"the peer's answer); the owners spend {owner:.3f} ms per forwarded "
                 f"request, i.e. {owner / base_ms:.2f}x a client request on a lone node (an "
-                "internal call is served by `cacheapi.internal`, not Django/DRF). Per forwarded "
+                "internal call is served by `cacheapi.peer.server`, not Django/DRF). Per forwarded "
                 f"op that is {coord + owner:.3f} ms on top of the {base_ms:.3f} ms a direct "
                 "request costs."
             )
@@ -1443,10 +1447,7 @@ def plot(bench: ClusterBench, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = out.with_suffix(".png.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out)
 
 
 def write_json(bench: ClusterBench, path: Path, meta: dict[str, Any]) -> None:
@@ -1502,8 +1503,8 @@ def write_json(bench: ClusterBench, path: Path, meta: dict[str, Any]) -> None:
         for row in bench.client_rows
     ]
     checks = [ch.__dict__ for ch in bench.checks]
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(
+    write_bytes(
+        path,
         orjson.dumps(
             {
                 **meta,
@@ -1515,9 +1516,8 @@ def write_json(bench: ClusterBench, path: Path, meta: dict[str, Any]) -> None:
                 ),
             },
             option=orjson.OPT_INDENT_2,
-        )
+        ),
     )
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1533,9 +1533,7 @@ def run(args: argparse.Namespace, command: str, say: Callable[[str], None]) -> i
     args.out.mkdir(parents=True, exist_ok=True)
     md, png = args.out / "cluster.md", args.out / "cluster.png"
     text = report(bench, command, started, load_before, load_after)
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(md)
+    write_text(md, text)
     plot(bench, png)
     meta = {"command": command, "date": started.isoformat(), **machine_facts()}
     write_json(bench, args.out / "cluster.json", meta)
@@ -1551,7 +1549,18 @@ def run(args: argparse.Namespace, command: str, say: Callable[[str], None]) -> i
     return 0
 
 
-if __name__ == "__main__":
-    import run as _run
+def main(args: argparse.Namespace, command: str) -> int:
+    """Run the cluster benchmark with every node stopped on the way out (also on Ctrl-C)."""
+    try:
+        with cleanup_on_exit():
+            rc = run(args, command, print)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every node was stopped; no results written", file=sys.stderr)
+        return 130
+    print(f"wrote {shown(args.out / 'cluster.md')}, cluster.png, cluster.json", file=sys.stderr)
+    return rc
 
-    sys.exit(_run.main(["--only", "cluster", *sys.argv[1:]]))
+
+if __name__ == "__main__":
+    argv = ["--only", "cluster", *sys.argv[1:]]
+    sys.exit(main(parse_args(argv, __doc__), command_line("bench/run.py", argv)))

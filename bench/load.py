@@ -1,18 +1,21 @@
 """A cheap closed-loop load generator: worker processes, each driving several connections.
 
-``run_load(target, ...)`` forks ``procs`` worker processes. Each opens ``conns`` connections
-("lanes"), and all lanes of a process are driven by one ``selectors`` loop in one thread: a lane
-sends a request, waits for the whole answer, records the latency (``time.perf_counter``) and sends
-the next one at once (closed loop, one request in flight per lane). Everything is bounded: a
-warm-up, a measured window of ``duration`` seconds, and a hard deadline after it.
+``run_load(target, ...)`` forks ``procs`` worker processes. Each opens ``conns`` lanes, and all
+lanes of a process are driven by one loop (:func:`_drive`, one ``selectors`` selector, one
+thread): a lane sends an operation, waits for the whole answer, records the latency
+(``time.perf_counter``) and sends the next one at once (closed loop, one operation in flight per
+lane). Everything is bounded: a warm-up, a measured window of ``duration`` seconds, and a hard
+deadline after it. A lane whose connection is lost counts an error and is replaced.
 
-Two kinds of target share that machinery (same processes, same lanes, same loop, same clock):
+Every target uses that one loop; a target only says how to build its operations
+(``operations()``, once per worker) and how a lane sends one and reads its answer
+(``connect()`` -> :class:`Lane`):
 
-- :class:`HttpTarget`: raw non-blocking sockets sending pre-built HTTP/1.1 request bytes over
-  keep-alive connections; the answer is framed by ``Content-Length`` and only its status is
-  looked at (a few microseconds of client CPU per request, so the server is the bottleneck).
-  A request may name which endpoint it goes to, so a smart client that routes each key to its
-  owner node is a list of ``(endpoint, bytes)`` pairs.
+- :class:`HttpTarget`: raw sockets sending pre-built HTTP/1.1 request bytes over keep-alive
+  connections; the answer is framed by ``Content-Length`` and only its status is looked at (a
+  few microseconds of client CPU per request, so the server is the bottleneck). A request may
+  name which endpoint it goes to, so a smart client that routes each key to its owner node is
+  a list of ``(endpoint, bytes)`` pairs.
 - :class:`HttpFanoutTarget`: like :class:`HttpTarget`, but one operation is several requests
   to distinct endpoints sent at once on the lane's connections, done when the last answer is
   in: a smart client's batch split per owner node (latency = the slowest part).
@@ -41,7 +44,41 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 HARD_TIMEOUT = 10.0  # seconds past the window before unanswered requests count as errors
+NOISY_PCT = 25.0  # other processes using more than this much of a core make a row noisy
 _RECV = 262_144
+
+
+class LaneClosed(Exception):
+    """The server closed a lane's connection (or it failed): the loop reconnects the lane."""
+
+
+class Lane:
+    """One closed-loop lane of a worker: its connections and the one operation in flight.
+
+    A target's lane knows how to send an operation and how to read its answer; the loop
+    (:func:`_drive`) does everything else: the selector, the clock, counting, reconnecting.
+    """
+
+    __slots__ = ("failure", "parts", "sent_at", "socks")
+
+    def __init__(self, socks: list[socket.socket]) -> None:
+        self.socks = socks  # watched by the loop; receive() gets the index of the ready one
+        self.parts = 1  # requests the operation in flight sent (a fan-out sends several)
+        self.failure = ""  # why the last operation failed, for the error samples
+        self.sent_at = 0.0
+
+    def send(self, op: Any) -> None:
+        raise NotImplementedError
+
+    def receive(self, index: int) -> bool | None:
+        """Read what ``socks[index]`` has: None while the operation is not complete, else
+        whether it succeeded. Raises :class:`LaneClosed` if the connection is gone."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.close()
 
 
 @dataclass
@@ -52,7 +89,15 @@ class HttpTarget:
     requests: Sequence[bytes] | Sequence[tuple[int, bytes]]
     keys_per_op: int = 1
     ok_status: frozenset[int] = frozenset({200})
-    kind: str = field(default="http", init=False)
+
+    def operations(self) -> list[list[tuple[int, bytes]]]:
+        return [
+            [r if isinstance(r, tuple) else (0, r)]
+            for r in self.requests  # type: ignore[misc]
+        ]
+
+    def connect(self) -> Lane:
+        return _HttpLane(self.endpoints, self.ok_status)
 
 
 @dataclass
@@ -64,13 +109,18 @@ class HttpFanoutTarget:
     ops: Sequence[Sequence[tuple[int, bytes]]]
     keys_per_op: int = 1
     ok_status: frozenset[int] = frozenset({200})
-    kind: str = field(default="http_fanout", init=False)
 
     def __post_init__(self) -> None:
         for parts in self.ops:
             eps = [ep for ep, _ in parts]
             if not eps or len(set(eps)) != len(eps):
                 raise ValueError("a fan-out operation needs parts on distinct endpoints")
+
+    def operations(self) -> list[list[tuple[int, bytes]]]:
+        return [list(parts) for parts in self.ops]
+
+    def connect(self) -> Lane:
+        return _HttpLane(self.endpoints, self.ok_status)
 
 
 @dataclass
@@ -82,7 +132,18 @@ class RedisTarget:
     commands: Sequence[tuple[Any, ...]]
     keys_per_op: int = 1
     db: int = 0
-    kind: str = field(default="redis", init=False)
+
+    def operations(self) -> list[Any]:
+        import redis
+
+        packer = redis.Connection(host=self.host, port=self.port, db=self.db)  # not connected
+        return [packer.pack_command(*cmd) for cmd in self.commands]
+
+    def connect(self) -> Lane:
+        return _RedisLane(self)
+
+
+Target = HttpTarget | HttpFanoutTarget | RedisTarget
 
 
 @dataclass
@@ -183,16 +244,21 @@ class LoadResult:
 # --------------------------------------------------------------------------- worker side
 
 
-class _HttpLane:
-    __slots__ = ("buf", "ep", "need", "sent_at", "socks", "status")
+class _HttpLane(Lane):
+    """A connection to every endpoint; an operation is one request or several (a fan-out) on
+    distinct endpoints, each answer framed by ``Content-Length`` and judged by its status."""
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]]) -> None:
-        self.socks = [self._connect(ep) for ep in endpoints]
-        self.buf = b""
-        self.need = -1
-        self.status = 0
-        self.ep = 0
-        self.sent_at = 0.0
+    __slots__ = ("bufs", "failed", "needs", "ok_status", "pending", "statuses")
+
+    def __init__(self, endpoints: Sequence[tuple[str, int]], ok_status: frozenset[int]) -> None:
+        super().__init__([self._connect((ep[0], ep[1])) for ep in endpoints])
+        n = len(self.socks)
+        self.bufs = [b""] * n
+        self.needs = [-1] * n
+        self.statuses = [0] * n
+        self.ok_status = ok_status
+        self.pending = 0
+        self.failed = False
 
     @staticmethod
     def _connect(ep: tuple[str, int]) -> socket.socket:
@@ -202,191 +268,117 @@ class _HttpLane:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return s
 
+    def send(self, op: list[tuple[int, bytes]]) -> None:
+        self.pending = self.parts = len(op)
+        self.failed = False
+        for ep, data in op:
+            self.bufs[ep] = b""
+            self.needs[ep] = -1
+            self.socks[ep].sendall(data)  # small requests: the socket buffer takes them at once
+
+    def receive(self, ep: int) -> bool | None:
+        try:
+            chunk = self.socks[ep].recv(_RECV)
+        except OSError as exc:
+            raise LaneClosed(repr(exc)) from exc
+        if not chunk:
+            raise LaneClosed("connection closed by the server")
+        buf = self.bufs[ep] + chunk if self.bufs[ep] else chunk
+        need = self.needs[ep]
+        if need < 0:
+            h = buf.find(b"\r\n\r\n")
+            if h < 0:
+                self.bufs[ep] = buf
+                return None
+            head = buf[:h].lower()
+            i = head.find(b"\r\ncontent-length:")
+            if i < 0:
+                raise RuntimeError(f"answer without Content-Length: {bytes(head[:200])!r}")
+            j = head.find(b"\r\n", i + 2)
+            need = self.needs[ep] = h + 4 + int(head[i + 17 : j if j > 0 else len(head)])
+            self.statuses[ep] = int(buf[9:12])
+        if len(buf) < need:
+            self.bufs[ep] = buf
+            return None
+        self.bufs[ep] = b""
+        if self.statuses[ep] not in self.ok_status:
+            self.failed = True
+            self.failure = f"HTTP {self.statuses[ep]}: {bytes(buf[-200:])!r}"
+        self.pending -= 1
+        if self.pending:
+            return None
+        return not self.failed
+
+
+class _RedisLane(Lane):
+    """One redis-py ``Connection``: commands packed by redis-py, answers parsed by it."""
+
+    __slots__ = ("_redis", "conn")
+
+    def __init__(self, target: RedisTarget) -> None:
+        import redis
+
+        self._redis = redis
+        self.conn = redis.Connection(
+            host=target.host, port=target.port, db=target.db, socket_timeout=5
+        )
+        self.conn.connect()
+        sock = self.conn._sock  # redis-py keeps its socket there
+        assert sock is not None
+        super().__init__([sock])
+
+    def send(self, op: Any) -> None:
+        self.conn.send_packed_command(op, check_health=False)
+
+    def receive(self, index: int) -> bool | None:
+        redis = self._redis
+        try:
+            answer = self.conn.read_response()  # the whole answer is in flight: blocks briefly
+        except redis.ConnectionError as exc:
+            raise LaneClosed(repr(exc)) from exc
+        except redis.RedisError as exc:
+            self.failure = repr(exc)
+            return False
+        if answer is None or (type(answer) is list and None in answer):
+            self.failure = "missing key in the answer"
+            return False
+        return True
+
     def close(self) -> None:
-        for s in self.socks:
-            with contextlib.suppress(OSError):
-                s.close()
+        self.conn.disconnect()
 
 
-def _http_worker(
-    target: HttpTarget, conns: int, seed: int, go: Connection, cpu: int | None
-) -> dict[str, Any]:
-    endpoints = [tuple(ep) for ep in target.endpoints]
-    reqs: list[tuple[int, bytes]] = [
-        r if isinstance(r, tuple) else (0, r)
-        for r in target.requests  # type: ignore[misc]
-    ]
-    order = list(range(len(reqs)))
+def _drive(target: Target, conns: int, seed: int, go: Connection) -> dict[str, Any]:
+    """The one load loop: ``conns`` lanes of ``target`` driven by one selector, closed loop.
+
+    Every lane keeps one operation in flight; when its answer is complete the latency is
+    recorded (inside the measured window) and the next operation is sent at once. A lane whose
+    connection is lost counts one error and is replaced (until the window ends). Operations
+    still unanswered ``HARD_TIMEOUT`` seconds after the window count as errors.
+    """
+    ops_list = target.operations()
+    order = list(range(len(ops_list)))
     random.Random(seed).shuffle(order)
     n = len(order)
-    ok_status = target.ok_status
 
     sel = selectors.DefaultSelector()
-    lanes = [_HttpLane(endpoints) for _ in range(conns)]
-    for lane in lanes:
+    lanes: list[Lane] = []
+
+    def open_lane() -> Lane:
+        lane = target.connect()
+        for i, s in enumerate(lane.socks):
+            sel.register(s, selectors.EVENT_READ, (lane, i))
+        lanes.append(lane)
+        return lane
+
+    def drop(lane: Lane) -> None:
         for s in lane.socks:
-            sel.register(s, selectors.EVENT_READ, lane)
-
-    go.send(("ready", None))
-    t_start, warmup, duration = go.recv()
-    measure_from = t_start + warmup
-    end = measure_from + duration
-    hard_end = end + HARD_TIMEOUT
-    lat = array("d")
-    record = lat.append
-    perf = time.perf_counter
-    ops = errors = 0
-    samples: list[str] = []
-    cursor = seed % n
-    cpu0 = cpu1 = None
-
-    while time.perf_counter() < t_start:
-        time.sleep(min(0.005, max(0.0, t_start - time.perf_counter())))
-
-    def send(lane: _HttpLane) -> None:
-        nonlocal cursor
-        ep, data = reqs[order[cursor]]
-        cursor += 1
-        if cursor == n:
-            cursor = 0
-        lane.ep = ep
-        lane.buf = b""
-        lane.need = -1
-        lane.sent_at = perf()
-        lane.socks[ep].sendall(data)  # small requests: the socket buffer takes them at once
-
-    active = set(lanes)
-    for lane in lanes:
-        send(lane)
-
-    while active:
-        now = perf()
-        if now >= hard_end:
-            errors += len(active)
-            samples.append(f"{len(active)} requests unanswered {HARD_TIMEOUT}s after the window")
-            break
-        if cpu0 is None and now >= measure_from:
-            cpu0 = time.process_time()
-        if cpu1 is None and now >= end:
-            cpu1 = time.process_time()
-        for key, _ in sel.select(0.1):
-            lane = key.data
-            sock = key.fileobj
-            try:
-                chunk = sock.recv(_RECV)  # type: ignore[union-attr]
-            except OSError as exc:
-                chunk = b""
-                if len(samples) < 5:
-                    samples.append(repr(exc))
-            if not chunk:  # the server closed the connection: count it, reconnect, go on
-                errors += 1
-                if len(samples) < 5:
-                    samples.append("connection closed by the server")
-                for s in lane.socks:
-                    with contextlib.suppress(KeyError, ValueError):
-                        sel.unregister(s)
-                lane.close()
-                if perf() >= end:
-                    active.discard(lane)
-                    continue
-                try:
-                    fresh = _HttpLane(endpoints)
-                except OSError as exc:
-                    samples.append(f"reconnect failed: {exc!r}")
-                    active.discard(lane)
-                    continue
-                lane.socks = fresh.socks
-                for s in lane.socks:
-                    sel.register(s, selectors.EVENT_READ, lane)
-                send(lane)
-                continue
-            buf = lane.buf + chunk if lane.buf else chunk
-            if lane.need < 0:
-                h = buf.find(b"\r\n\r\n")
-                if h < 0:
-                    lane.buf = buf
-                    continue
-                head = buf[:h].lower()
-                i = head.find(b"\r\ncontent-length:")
-                if i < 0:
-                    raise RuntimeError(f"answer without Content-Length: {bytes(head[:200])!r}")
-                j = head.find(b"\r\n", i + 2)
-                lane.need = h + 4 + int(head[i + 17 : j if j > 0 else len(head)])
-                lane.status = int(buf[9:12])
-            if len(buf) < lane.need:
-                lane.buf = buf
-                continue
-            done = perf()
-            if done >= measure_from and done < end:
-                ops += 1
-                record(done - lane.sent_at)
-                if lane.status not in ok_status:
-                    errors += 1
-                    if len(samples) < 5:
-                        samples.append(f"HTTP {lane.status}: {bytes(buf[-200:])!r}")
-            if done < end:
-                send(lane)
-            else:
-                active.discard(lane)
-
-    if cpu0 is None:
-        cpu0 = time.process_time()
-    if cpu1 is None:
-        cpu1 = time.process_time()
-    for lane in lanes:
+            with contextlib.suppress(KeyError, ValueError):
+                sel.unregister(s)
         lane.close()
-    sel.close()
-    return {
-        "ops": ops,
-        "errors": errors,
-        "lat": lat.tobytes(),
-        "cpu": cpu1 - cpu0,
-        "samples": samples,
-    }
 
-
-class _FanoutLane:
-    """One lane of a fan-out target: a connection to every endpoint, per-endpoint answer state."""
-
-    __slots__ = ("bufs", "needs", "parts", "pending", "sent_at", "socks", "statuses")
-
-    def __init__(self, endpoints: Sequence[tuple[str, int]]) -> None:
-        self.socks = [_HttpLane._connect(ep) for ep in endpoints]
-        n = len(endpoints)
-        self.bufs = [b""] * n
-        self.needs = [-1] * n
-        self.statuses = [0] * n
-        self.pending = 0
-        self.parts = 0
-        self.sent_at = 0.0
-
-    def close(self) -> None:
-        for s in self.socks:
-            with contextlib.suppress(OSError):
-                s.close()
-
-
-def _http_fanout_worker(
-    target: HttpFanoutTarget, conns: int, seed: int, go: Connection, cpu: int | None
-) -> dict[str, Any]:
-    """Like ``_http_worker``, but an operation is a group of requests to distinct endpoints,
-    all sent at once; its latency runs from the first send to the last answer."""
-    endpoints = [tuple(ep) for ep in target.endpoints]
-    groups = [list(parts) for parts in target.ops]
-    order = list(range(len(groups)))
-    random.Random(seed).shuffle(order)
-    n = len(order)
-    ok_status = target.ok_status
-
-    sel = selectors.DefaultSelector()
-
-    def register(lane: _FanoutLane) -> None:
-        for ep, s in enumerate(lane.socks):
-            sel.register(s, selectors.EVENT_READ, (lane, ep))
-
-    lanes = [_FanoutLane(endpoints) for _ in range(conns)]
-    for lane in lanes:
-        register(lane)
+    for _ in range(conns):
+        open_lane()
 
     go.send(("ready", None))
     t_start, warmup, duration = go.recv()
@@ -404,19 +396,14 @@ def _http_fanout_worker(
     while time.perf_counter() < t_start:
         time.sleep(min(0.005, max(0.0, t_start - time.perf_counter())))
 
-    def send(lane: _FanoutLane) -> None:
+    def send(lane: Lane) -> None:
         nonlocal cursor
-        parts = groups[order[cursor]]
+        op = ops_list[order[cursor]]
         cursor += 1
         if cursor == n:
             cursor = 0
-        lane.pending = lane.parts = len(parts)
         lane.sent_at = perf()
-        for ep, data in parts:
-            lane.bufs[ep] = b""
-            lane.needs[ep] = -1
-            lane.statuses[ep] = 0
-            lane.socks[ep].sendall(data)
+        lane.send(op)
 
     active = set(lanes)
     for lane in lanes:
@@ -433,68 +420,38 @@ def _http_fanout_worker(
         if cpu1 is None and now >= end:
             cpu1 = time.process_time()
         for key, _ in sel.select(0.1):
-            lane, ep = key.data
+            lane, index = key.data
             if lane not in active:
                 continue
-            sock = key.fileobj
             try:
-                chunk = sock.recv(_RECV)  # type: ignore[union-attr]
-            except OSError as exc:
-                chunk = b""
-                if len(samples) < 5:
-                    samples.append(repr(exc))
-            if not chunk:  # a server closed a connection: count it, reconnect the lane, go on
+                ok = lane.receive(index)
+            except LaneClosed as exc:  # count it, replace the lane, go on
                 errors += 1
                 if len(samples) < 5:
-                    samples.append("connection closed by the server")
-                for s in lane.socks:
-                    with contextlib.suppress(KeyError, ValueError):
-                        sel.unregister(s)
-                lane.close()
+                    samples.append(str(exc))
+                drop(lane)
+                active.discard(lane)
                 if perf() >= end:
-                    active.discard(lane)
                     continue
                 try:
-                    lane.socks = _FanoutLane(endpoints).socks
-                except OSError as exc:
-                    samples.append(f"reconnect failed: {exc!r}")
-                    active.discard(lane)
+                    fresh = open_lane()
+                except OSError as exc2:
+                    samples.append(f"reconnect failed: {exc2!r}")
                     continue
-                register(lane)
-                send(lane)
+                active.add(fresh)
+                send(fresh)
                 continue
-            buf = lane.bufs[ep] + chunk if lane.bufs[ep] else chunk
-            need = lane.needs[ep]
-            if need < 0:
-                h = buf.find(b"\r\n\r\n")
-                if h < 0:
-                    lane.bufs[ep] = buf
-                    continue
-                head = buf[:h].lower()
-                i = head.find(b"\r\ncontent-length:")
-                if i < 0:
-                    raise RuntimeError(f"answer without Content-Length: {bytes(head[:200])!r}")
-                j = head.find(b"\r\n", i + 2)
-                need = lane.needs[ep] = h + 4 + int(head[i + 17 : j if j > 0 else len(head)])
-                lane.statuses[ep] = int(buf[9:12])
-            if len(buf) < need:
-                lane.bufs[ep] = buf
-                continue
-            lane.bufs[ep] = b""
-            if lane.statuses[ep] not in ok_status:
-                lane.statuses[ep] = -lane.statuses[ep]  # remembered until the op is done
-                if len(samples) < 5:
-                    samples.append(f"HTTP {-lane.statuses[ep]}: {bytes(buf[-200:])!r}")
-            lane.pending -= 1
-            if lane.pending:
+            if ok is None:
                 continue
             done = perf()
             if done >= measure_from and done < end:
                 ops += 1
                 requests += lane.parts
                 record(done - lane.sent_at)
-                if any(st < 0 for st in lane.statuses):
+                if not ok:
                     errors += 1
+                    if len(samples) < 5:
+                        samples.append(lane.failure)
             if done < end:
                 send(lane)
             else:
@@ -505,7 +462,7 @@ def _http_fanout_worker(
     if cpu1 is None:
         cpu1 = time.process_time()
     for lane in lanes:
-        lane.close()
+        drop(lane)
     sel.close()
     return {
         "ops": ops,
@@ -517,103 +474,7 @@ def _http_fanout_worker(
     }
 
 
-def _redis_worker(
-    target: RedisTarget, conns: int, seed: int, go: Connection, cpu: int | None
-) -> dict[str, Any]:
-    import redis
-
-    lanes = []
-    for _ in range(conns):
-        c = redis.Connection(host=target.host, port=target.port, db=target.db, socket_timeout=5)
-        c.connect()
-        lanes.append(c)
-    packed = [lanes[0].pack_command(*cmd) for cmd in target.commands]
-    order = list(range(len(packed)))
-    random.Random(seed).shuffle(order)
-    n = len(order)
-
-    sel = selectors.DefaultSelector()
-    sent_at: dict[Any, float] = {}
-    for c in lanes:
-        sel.register(c._sock, selectors.EVENT_READ, c)  # redis-py keeps its socket there
-
-    go.send(("ready", None))
-    t_start, warmup, duration = go.recv()
-    measure_from = t_start + warmup
-    end = measure_from + duration
-    hard_end = end + HARD_TIMEOUT
-    lat = array("d")
-    record = lat.append
-    perf = time.perf_counter
-    ops = errors = 0
-    samples: list[str] = []
-    cursor = seed % n
-    cpu0 = cpu1 = None
-
-    while time.perf_counter() < t_start:
-        time.sleep(min(0.005, max(0.0, t_start - time.perf_counter())))
-
-    def send(c: Any) -> None:
-        nonlocal cursor
-        data = packed[order[cursor]]
-        cursor += 1
-        if cursor == n:
-            cursor = 0
-        sent_at[c] = perf()
-        c.send_packed_command(data, check_health=False)
-
-    active = set(lanes)
-    for c in lanes:
-        send(c)
-    while active:
-        now = perf()
-        if now >= hard_end:
-            errors += len(active)
-            samples.append(f"{len(active)} requests unanswered {HARD_TIMEOUT}s after the window")
-            break
-        if cpu0 is None and now >= measure_from:
-            cpu0 = time.process_time()
-        if cpu1 is None and now >= end:
-            cpu1 = time.process_time()
-        for key, _ in sel.select(0.1):
-            c = key.data
-            failed = False
-            try:
-                answer = c.read_response()  # the whole answer is in flight: blocks briefly
-                failed = answer is None or (type(answer) is list and None in answer)
-                if failed and len(samples) < 5:
-                    samples.append("missing key in the answer")
-            except redis.RedisError as exc:
-                failed = True
-                if len(samples) < 5:
-                    samples.append(repr(exc))
-            done = perf()
-            if done >= measure_from and done < end:
-                ops += 1
-                record(done - sent_at[c])
-                errors += failed
-            if done < end:
-                send(c)
-            else:
-                active.discard(c)
-
-    if cpu0 is None:
-        cpu0 = time.process_time()
-    if cpu1 is None:
-        cpu1 = time.process_time()
-    sel.close()
-    for c in lanes:
-        c.disconnect()
-    return {
-        "ops": ops,
-        "errors": errors,
-        "lat": lat.tobytes(),
-        "cpu": cpu1 - cpu0,
-        "samples": samples,
-    }
-
-
-def _worker_main(target: Any, conns: int, seed: int, go: Connection, cpu: int | None) -> None:
+def _worker_main(target: Target, conns: int, seed: int, go: Connection, cpu: int | None) -> None:
     # Ctrl-C goes to the whole foreground group; the parent decides, workers finish their
     # bounded loop (or are terminated by the parent).
     import signal
@@ -623,12 +484,7 @@ def _worker_main(target: Any, conns: int, seed: int, go: Connection, cpu: int | 
         if cpu is not None:
             with contextlib.suppress(OSError, AttributeError):
                 os.sched_setaffinity(0, {cpu})
-        run = {
-            "http": _http_worker,
-            "http_fanout": _http_fanout_worker,
-            "redis": _redis_worker,
-        }[target.kind]
-        go.send(("done", run(target, conns, seed, go, cpu)))
+        go.send(("done", _drive(target, conns, seed, go)))
     except BaseException:  # reported to the parent, which raises it
         with contextlib.suppress(OSError):
             go.send(("error", traceback.format_exc()))
@@ -647,7 +503,7 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def run_load(
-    target: HttpTarget | HttpFanoutTarget | RedisTarget,
+    target: Target,
     *,
     duration: float = 5.0,
     warmup: float = 1.0,
@@ -744,7 +600,7 @@ def run_load(
         client_cpu_s=sum(r["cpu"] for r in results),
         server_cpu_s=_delta(edges[0][1], edges[1][1]),
         machine_cpu_s=_delta(edges[0][0], edges[1][0]),
-        requests=sum(r.get("requests", r["ops"]) for r in results),
+        requests=sum(r["requests"] for r in results),
         error_samples=[s for r in results for s in r["samples"]][:5],
     )
 
@@ -769,7 +625,7 @@ def wait_for_quiet(
     server_cpu: Callable[[], float] | None = None,
     *,
     max_wait: float = 10.0,
-    threshold_pct: float = 25.0,
+    threshold_pct: float = NOISY_PCT,
     interval: float = 0.5,
 ) -> tuple[float, float | None]:
     """Wait (at most ``max_wait`` s) until the rest of the machine, i.e. everything but the

@@ -1,83 +1,78 @@
-"""``make bench``: one node against plain Django and Redis, and gevent against gthread.
+"""``make bench``: one node against bare Django and Redis, and gevent against gthread.
 
 One run measures, with the same load generator (``bench/load.py``) for every row:
 
 1. a real node (``manage.py runnode``, gevent) with its own registry, N preloaded keys;
 2. single-key ``GET /api/v1/keys/{key}`` and ``PUT /api/v1/keys/{key}``;
-3. the plain-Django ceiling ``GET /bench/plain/{key}`` on the same node (ratio DRF / plain);
-4. ``POST /api/v1/batch/get`` of 100 keys, in keys/s;
-5. Redis on 127.0.0.1:6379 through redis-py: GET, SET, MGET of 100 keys (skipped if absent);
-6. the single GET (and plain GET, batch get) on nodes run with gthread 1 thread, gthread 4
+3. the bare Django baseline (``bench/bare``: one ``JsonResponse`` view, no middleware, no apps)
+   on the same gunicorn worker class and config, the same GET requests (ratio DRF / bare);
+4. the full-stack plain view ``GET /bench/plain/{key}`` inside the node (for reference);
+5. ``POST /api/v1/batch/get`` of 100 keys, in keys/s (against the bare app's requests/s);
+6. Redis on 127.0.0.1:6379 through redis-py: GET, SET, MGET of 100 keys (skipped if absent);
+7. the single GET (and plain GET, batch get) on nodes run with gthread 1 thread, gthread 4
    threads and gevent.
+
+Items 1-5 take turns in ``--rounds`` rounds, so a burst of other work weighs on them alike.
 
 Writes ``bench/results/foundation.md`` and ``bench/results/foundation.png``. Then the cluster
 benchmark (``bench/cluster.py``: smart client vs forwarding on 1, 2 and 3 nodes) writes
 ``bench/results/cluster.md`` and ``cluster.png``.
 
-    .venv/bin/python bench/run.py                     # both (about 2.5 + 4 minutes)
+    .venv/bin/python bench/run.py                     # both (about 3 + 4 minutes)
     .venv/bin/python bench/run.py --only foundation   # the foundation benchmark only
     .venv/bin/python bench/run.py --only cluster      # the cluster benchmark only
-    .venv/bin/python bench/run.py --quick             # a smoke run of both (about 1.5 min)
+    .venv/bin/python bench/run.py --quick             # a smoke run of both (about 3 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import os
-import platform
-import random
-import shlex
-import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cluster
 import orjson
-from load import HttpTarget, LoadResult, RedisTarget, http_request, run_load, wait_for_quiet
-from servers import ROOT, Node, Registry, batch_set, cleanup_on_exit
+import requests
+from dataset import BATCH_KEYS, batches, make_dataset
+from load import (
+    NOISY_PCT,
+    HttpTarget,
+    LoadResult,
+    RedisTarget,
+    http_request,
+    run_load,
+    wait_for_quiet,
+)
+from options import parse_args
+from report import (
+    ROOT,
+    command_line,
+    fmt,
+    loadavg,
+    machine_facts,
+    machine_table,
+    save_figure,
+    shown,
+    write_bytes,
+    write_text,
+)
+from servers import BareDjango, Node, Registry, batch_set, cleanup_on_exit
 from tqdm import tqdm
 
-RESULTS = Path(__file__).resolve().parent / "results"
-BATCH_KEYS = 100
-DRF_PLAIN_TARGET = 0.8
-BATCH_REDIS_TARGET = 1.0
-NOISY_PCT = 25.0  # other processes using more than this much of a core make a row noisy
+DRF_BARE_TARGET = 0.8  # node single GET ops/s / bare Django GET requests/s, at least
+BATCH_BARE_TARGET = 60.0  # node batch-get keys/s / bare Django GET requests/s, at least
 WORKER_CLASSES: list[tuple[str, int | None]] = [("gthread", 1), ("gthread", 4), ("gevent", None)]
-
-
-# --------------------------------------------------------------------------- the data set
-
-
-def make_dataset(n: int, seed: int = 42) -> list[tuple[str, dict[str, Any]]]:
-    """n keys with JSON values of about 100 bytes (compact encoding)."""
-    rng = random.Random(seed)
-    tags = ["alpha", "beta", "gamma", "delta"]
-    return [
-        (
-            f"bench-{i:06d}",
-            {
-                "id": i,
-                "user": f"user-{i:06d}",
-                "email": f"user{i:06d}@example.com",
-                "score": round(rng.uniform(100, 999), 3),
-                "tags": rng.sample(tags, 2),
-            },
-        )
-        for i in range(n)
-    ]
-
-
-def batches(keys: list[str], count: int, size: int, seed: int = 7) -> list[list[str]]:
-    rng = random.Random(seed)
-    return [rng.sample(keys, size) for _ in range(count)]
+PLAIN_SYSTEM = "plain view in the node (full middleware)"
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -85,10 +80,10 @@ def batches(keys: list[str], count: int, size: int, seed: int = 7) -> list[list[
 
 @dataclass
 class Row:
-    section: str  # "node", "redis", "workers"
+    section: str  # "node", "bare", "redis", "workers"
     name: str
     request: str
-    system: str  # which server: "node (gevent)", "plain Django", "Redis 7.x", ...
+    system: str  # which server: "node (gevent)", "bare Django (gevent)", "Redis 7.x", ...
     result: LoadResult | None = None
     note: str = ""
 
@@ -103,6 +98,7 @@ class Bench:
         self.bar: tqdm[Any] | None = None
         self.redis_version = ""
         self.waited = 0.0  # seconds spent waiting for other processes to calm down
+        self.answer_bytes: dict[str, int] = {}  # row name -> body size of one answer
 
     # -- load ------------------------------------------------------------------------------
     def load(
@@ -151,7 +147,7 @@ class Bench:
         a = self.args
         row = a.warmup + a.duration
         interleaved = a.rounds * a.warmup + a.duration  # one item run in --rounds rounds
-        node = 2 * interleaved + 2 * row  # GET / plain GET interleaved, SET, batch
+        node = 5 * interleaved  # GET, bare GET, plain GET, SET, batch: taking turns
         return node + 3 * row + 3 * len(WORKER_CLASSES) * interleaved
 
     # -- a node ----------------------------------------------------------------------------
@@ -178,19 +174,35 @@ class Bench:
             node.stop()
             registry.remove()
 
+    @contextlib.contextmanager
+    def bare(self) -> Iterator[BareDjango]:
+        """The bare Django baseline, on the same gunicorn worker class as the node."""
+        server = BareDjango(worker_class="gevent", cpu=0 if self.args.pin else None)
+        try:
+            if self.bar is not None:
+                self.bar.set_description(f"start {server.label}")
+            server.start().wait_ready()
+            yield server
+        finally:
+            server.stop()
+
+    def get_target(self, server: Node | BareDjango, api_key: str) -> HttpTarget:
+        """``GET /api/v1/keys/{key}`` of every key, as the node's API and the bare app take it
+        (the bare app ignores the API key header, but receives the same bytes)."""
+        host = f"{server.host}:{server.port}"
+        auth = {"X-API-Key": api_key}
+        return HttpTarget(
+            [(server.host, server.port)],
+            [http_request("GET", f"/api/v1/keys/{k}", host=host, headers=auth) for k in self.keys],
+        )
+
     def http_targets(self, node: Node, api_key: str) -> dict[str, HttpTarget]:
         host = f"{node.host}:{node.port}"
         ep = [(node.host, node.port)]
         auth = {"X-API-Key": api_key}
         json_auth = {**auth, "Content-Type": "application/json"}
         return {
-            "get": HttpTarget(
-                ep,
-                [
-                    http_request("GET", f"/api/v1/keys/{k}", host=host, headers=auth)
-                    for k in self.keys
-                ],
-            ),
+            "get": self.get_target(node, api_key),
             "plain": HttpTarget(
                 ep,
                 [
@@ -228,30 +240,45 @@ class Bench:
         }
 
     def run_node_section(self) -> None:
-        with self.node("gevent", None) as (node, api_key):
+        """The node's rows and the bare Django baseline, taking turns in the same rounds."""
+        with self.node("gevent", None) as (node, api_key), self.bare() as bare:
             t = self.http_targets(node, api_key)
             system = f"node ({node.label})"
-            # DRF GET and its plain-Django ceiling alternate in rounds, so that a burst of other
-            # work on the machine weighs on both sides of the ratio alike.
-            get, plain = self.interleaved(
-                [
-                    ("node GET", t["get"], node.cpu_seconds),
-                    ("node plain GET", t["plain"], node.cpu_seconds),
-                ]
+            get = "GET /api/v1/keys/{key}"
+            batch = f"batch get {BATCH_KEYS}"
+            plan = [  # (row, progress label, target, server)
+                (Row("node", "GET", get, system), "node GET", t["get"], node),
+                (
+                    Row("bare", "bare GET", get, bare.label),
+                    f"{bare.label} GET",
+                    self.get_target(bare, api_key),
+                    bare,
+                ),
+                (
+                    Row("node", "plain GET", "GET /bench/plain/{key}", PLAIN_SYSTEM),
+                    "node plain GET",
+                    t["plain"],
+                    node,
+                ),
+                (Row("node", "SET", "PUT /api/v1/keys/{key}", system), "node SET", t["set"], node),
+                (
+                    Row("node", batch, "POST /api/v1/batch/get", system),
+                    f"node {batch}",
+                    t["batch"],
+                    node,
+                ),
+            ]
+            for row, _, _, server in plan[:3]:  # what one answer of each GET row weighs
+                path = row.request.split()[1].replace("{key}", self.keys[0])
+                answer = requests.get(server.url + path, headers={"X-API-Key": api_key}, timeout=5)
+                answer.raise_for_status()
+                self.answer_bytes[row.name] = len(answer.content)
+            results = self.interleaved(
+                [(label, target, server.cpu_seconds) for _, label, target, server in plan]
             )
-            measured = {"get": get, "plain": plain}
-            measured["set"] = self.load("node SET", t["set"], node.cpu_seconds)
-            measured["batch"] = self.load(
-                f"node batch get {BATCH_KEYS}", t["batch"], node.cpu_seconds
-            )
-            for name, request, key in [
-                ("GET", "GET /api/v1/keys/{key}", "get"),
-                ("SET", "PUT /api/v1/keys/{key}", "set"),
-                ("plain GET", "GET /bench/plain/{key}", "plain"),
-                (f"batch get {BATCH_KEYS}", "POST /api/v1/batch/get", "batch"),
-            ]:
-                sys_name = "plain Django (same node)" if key == "plain" else system
-                self.rows.append(Row("node", name, request, sys_name, measured[key]))
+            for (row, *_), result in zip(plan, results, strict=True):
+                row.result = result
+                self.rows.append(row)
 
     # -- Redis -----------------------------------------------------------------------------
     def run_redis_section(self) -> None:
@@ -319,7 +346,7 @@ class Bench:
 
     # -- worker classes --------------------------------------------------------------------
     def interleaved(
-        self, plan: list[tuple[str, HttpTarget | RedisTarget, Callable[[], float]]]
+        self, plan: Sequence[tuple[str, HttpTarget | RedisTarget, Callable[[], float]]]
     ) -> list[LoadResult]:
         """Run every (label, target, cpu probe) of ``plan`` in ``--rounds`` alternating rounds of
         duration / rounds each and merge each item's rounds: a burst of other work on the
@@ -393,37 +420,12 @@ def find(rows: list[Row], section: str, name: str, system: str | None = None) ->
     return None
 
 
-def fmt(value: float | None, spec: str = ",.0f") -> str:
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return format(value, spec)
-
-
-def machine_facts() -> dict[str, str]:
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = []
-    for pkg in ("Django", "djangorestframework", "gunicorn", "gevent", "redis", "orjson"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions.append(f"{pkg} {metadata.version(pkg)}")
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu_model or platform.processor() or "?",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "os": f"{platform.system()} {platform.release()}",
-        "packages": ", ".join(versions),
-    }
-
-
-def loadavg() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
+def row_number(rows: list[Row], section: str, name: str) -> str:
+    """The report's row number of that row (1-based), for the target lines."""
+    for i, row in enumerate(rows, 1):
+        if row.section == section and row.name == name:
+            return str(i)
+    return "-"
 
 
 def ratio(a: LoadResult | None, b: LoadResult | None, per: str = "ops") -> float | None:
@@ -463,22 +465,63 @@ def _bottleneck(r: LoadResult) -> str:
     return "server waits (not CPU-bound)"
 
 
-def machine_table(
-    started: dt.datetime, load_before: str, load_after: str, extra: Sequence[str] = ()
-) -> list[str]:
-    """The machine-facts table both reports open with (``extra``: more table rows)."""
-    facts = machine_facts()
-    return [
-        "| machine | |",
-        "| --- | --- |",
-        f"| date (UTC) | {started:%Y-%m-%d %H:%M:%S} |",
-        f"| nproc | {facts['nproc']} ({facts['cpu']}) |",
-        f"| python | {facts['python']} ({sys.executable}) |",
-        f"| os | {facts['os']} |",
-        f"| packages | {facts['packages']} |",
-        *extra,
-        f"| load average 1/5/15 min | before {load_before}, after {load_after} |",
-    ]
+# Where the target lines find their rows: key -> (section, row name).
+ROW_OF = {
+    "get": ("node", "GET"),
+    "bare": ("bare", "bare GET"),
+    "plain": ("node", "plain GET"),
+    "batch": ("node", f"batch get {BATCH_KEYS}"),
+    "redis_get": ("redis", "GET"),
+    "redis_batch": ("redis", f"batch get {BATCH_KEYS}"),
+}
+
+
+@dataclass
+class Targets:
+    """The ratios the report checks (None where a row is missing)."""
+
+    drf_bare: float | None  # node GET ops/s / bare Django GET requests/s (target)
+    batch_bare: float | None  # node batch-get keys/s / bare Django GET requests/s (target)
+    drf_plain: float | None  # node GET / the full-stack plain view (reference)
+    plain_bare: float | None  # the full-stack plain view / bare Django (reference)
+    batch_redis: float | None  # node batch-get keys/s / Redis MGET keys/s (scale)
+    get_redis: float | None  # node GET / Redis GET (scale)
+
+
+def targets(rows: list[Row]) -> Targets:
+    r = {key: find(rows, *where) for key, where in ROW_OF.items()}
+    bare, batch = r["bare"], r["batch"]
+    return Targets(
+        drf_bare=ratio(r["get"], bare),
+        batch_bare=(
+            batch.keys_per_s / bare.ops_per_s if batch and bare and bare.ops_per_s else None
+        ),
+        drf_plain=ratio(r["get"], r["plain"]),
+        plain_bare=ratio(r["plain"], bare),
+        batch_redis=ratio(batch, r["redis_batch"], "keys"),
+        get_redis=ratio(r["get"], r["redis_get"]),
+    )
+
+
+def bare_paragraph(bench: Bench) -> str:
+    """Exactly what the bare Django baseline is, for the report."""
+    sizes = bench.answer_bytes
+    size = ", ".join(f"{name} {n} bytes" for name, n in sizes.items()) or "not measured"
+    return (
+        "**The bare Django baseline** (`bench/bare`, row `bare GET`): Django with its own "
+        "settings module (`bench.bare.settings`: no installed apps, `MIDDLEWARE = []`, no "
+        "database, `DEBUG = False`) and one view on the node's own path "
+        '`/api/v1/keys/<path:key>` that answers `JsonResponse({"key": key, "value": VALUE, '
+        '"ttl": None})`, `VALUE` a constant dict shaped like the benchmark\'s values, rendered '
+        "by the standard library's `json`; the view sets `Content-Length` itself (in the node, "
+        "`CommonMiddleware` does). No store, no authentication, no validation. It is served by "
+        "`python -m gunicorn -c cache_project/gunicorn_conf.py bench.bare.wsgi:application` "
+        "with the environment `runnode` gives a node: the same worker class (gevent), one "
+        "worker, the same keep-alive, timeouts, worker connections and log level; Django's "
+        "`get_wsgi_application()` is the whole app (none of the node's WSGI wrappers or "
+        "background tasks). It receives the same request bytes as the node's GET rows (the API "
+        f"key header included, unread). One answer's body: {size}."
+    )
 
 
 def report(
@@ -488,7 +531,7 @@ def report(
     rows = bench.rows
     out: list[str] = []
     w = out.append
-    w("# Foundation benchmark: one node, plain Django, Redis, worker classes\n")
+    w("# Foundation benchmark: one node, bare Django, Redis, worker classes\n")
     w(f"Command: `{command}` (what `make bench` runs, from `{ROOT}`)\n")
     facts = machine_facts()
     redis_version = bench.redis_version or "not measured"
@@ -511,6 +554,7 @@ def report(
         "the same processes, connections and loop with one redis-py Connection per lane "
         "(commands packed and answers parsed by redis-py).\n"
     )
+    w(bare_paragraph(bench) + "\n")
     w("## Results\n")
     w(
         "| # | scenario | request | server | ops/s | keys/s | p50 ms | mean ms | p99 ms | errors "
@@ -540,13 +584,13 @@ def report(
     w(
         "CPU columns are percent of one core over the measured window (the machine has "
         f"{facts['nproc']} cores = {100 * (os.cpu_count() or 1)}%): server = the node's gunicorn "
-        "master + worker (psutil) or Redis (`INFO cpu`); client = the load processes' own CPU "
-        f"time, summed over the {a.procs} processes; other = everything else the machine ran "
-        "(other people's tests, the OS), from `/proc/stat`. Limited by: server CPU when the "
-        "server uses >= 85% of its core; client CPU when each load process uses >= 85% of a "
-        "core; all cores busy when server + client + other >= 80% of the machine; server waits "
-        "when none is the case (the server is idle part of the time although "
-        f"{a.procs * a.conns} requests are always outstanding)."
+        "master + worker (psutil; the bare app's likewise) or Redis (`INFO cpu`); client = "
+        f"the load processes' own CPU time, summed over the {a.procs} processes; other = "
+        "everything else the machine ran (other people's tests, the OS), from `/proc/stat`. "
+        "Limited by: server CPU when the server uses >= 85% of its core; client CPU when each "
+        "load process uses >= 85% of a core; all cores busy when server + client + other >= "
+        "80% of the machine; server waits when none is the case (the server is idle part of "
+        f"the time although {a.procs * a.conns} requests are always outstanding)."
     )
     noisy = [
         str(i)
@@ -564,33 +608,55 @@ def report(
             else "No row was disturbed by other processes."
         )
     )
-    if a.rounds > 1:
-        first_worker_row = 1 + sum(1 for r in rows if r.section != "workers")
-        w(
-            f"Rows 1 and 3 alternate in {a.rounds} rounds of {a.duration / a.rounds:g} s each "
-            f"(each with its own warm-up) and are merged; so do the worker-class rows "
-            f"({first_worker_row}-{len(rows)}), whose three nodes run side by side (idle while "
-            "another is measured) and take turns."
-        )
+    first_worker_row = 1 + sum(1 for r in rows if r.section != "workers")
+    turns = sum(1 for r in rows if r.section in ("node", "bare"))
+    w(
+        f"Rows 1-{turns} (the node's rows and the bare Django app, both running side by side, "
+        f"idle while the other is measured) take turns in {a.rounds} rounds of "
+        f"{a.duration / a.rounds:g} s each (each with its own warm-up) and each row's rounds are "
+        f"merged; so do the worker-class rows ({first_worker_row}-{len(rows)}), whose three "
+        "nodes run side by side and take turns."
+    )
     w("")
 
-    drf_plain = ratio(find(rows, "node", "GET"), find(rows, "node", "plain GET"))
-    batch_name = f"batch get {BATCH_KEYS}"
-    batch_redis = ratio(find(rows, "node", batch_name), find(rows, "redis", batch_name), "keys")
-    get_redis = ratio(find(rows, "node", "GET"), find(rows, "redis", "GET"))
+    t = targets(rows)
+    n = {key: row_number(rows, *where) for key, where in ROW_OF.items()}
     w("## Targets\n")
     w("| check | measured | target | verdict |")
     w("| --- | ---: | ---: | --- |")
     w(
-        f"| DRF GET ops/s / plain Django GET ops/s (rows 1, 3) | {fmt(drf_plain, '.2f')} "
-        f"| >= {DRF_PLAIN_TARGET} | {verdict(drf_plain, DRF_PLAIN_TARGET)} |"
+        f"| DRF GET ops/s / bare Django GET requests/s (rows {n['get']}, {n['bare']}) "
+        f"| {fmt(t.drf_bare, '.2f')} | >= {DRF_BARE_TARGET:g} "
+        f"| {verdict(t.drf_bare, DRF_BARE_TARGET)} |"
     )
     w(
-        f"| node batch-get keys/s / Redis MGET-{BATCH_KEYS} keys/s (rows 4, 7) "
-        f"| {fmt(batch_redis, '.2f')} | >= {BATCH_REDIS_TARGET:g} "
-        f"| {verdict(batch_redis, BATCH_REDIS_TARGET)} |"
+        f"| node batch-get-{BATCH_KEYS} keys/s / bare Django GET requests/s "
+        f"(rows {n['batch']}, {n['bare']}) | {fmt(t.batch_bare, '.1f')} "
+        f"| >= {BATCH_BARE_TARGET:g} | {verdict(t.batch_bare, BATCH_BARE_TARGET)} |"
     )
-    w(f"| node GET ops/s / Redis GET ops/s (rows 1, 5; scale) | {fmt(get_redis, '.3f')} | | |")
+    w(
+        f"| DRF GET ops/s / full-stack plain view in the node (rows {n['get']}, {n['plain']}; "
+        f"reference) | {fmt(t.drf_plain, '.2f')} | | |"
+    )
+    w(
+        f"| full-stack plain view in the node / bare Django (rows {n['plain']}, {n['bare']}; "
+        f"reference) | {fmt(t.plain_bare, '.2f')} | | |"
+    )
+    w(
+        f"| node batch-get keys/s / Redis MGET-{BATCH_KEYS} keys/s (rows {n['batch']}, "
+        f"{n['redis_batch']}; scale) | {fmt(t.batch_redis, '.2f')} | | |"
+    )
+    w(
+        f"| node GET ops/s / Redis GET ops/s (rows {n['get']}, {n['redis_get']}; scale) "
+        f"| {fmt(t.get_redis, '.3f')} | | |"
+    )
+    w("")
+    w(
+        "Both targets are held against the bare Django app measured in the same run, taking "
+        "turns with the node's rows. The full-stack plain view (a plain Django view over the "
+        "node's store, behind the node's whole middleware stack and WSGI wrappers) and Redis "
+        "are shown for scale, without a target."
+    )
     w("")
 
     w("## Worker class (same load; three nodes side by side, taking turns)\n")
@@ -599,6 +665,7 @@ def report(
         f"| batch get {BATCH_KEYS} keys/s | DRF GET vs gevent |"
     )
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    batch_name = f"batch get {BATCH_KEYS}"
     labels = [r.system for r in rows if r.section == "workers" and r.name == "GET"]
     gevent_get = next(
         (find(rows, "workers", "GET", lab) for lab in labels if lab == "gevent"), None
@@ -614,7 +681,7 @@ def report(
         )
     w("")
     w("## Observations (computed from this run)\n")
-    for line in observations(bench, drf_plain, batch_redis, gevent_get, labels):
+    for line in observations(bench, t, gevent_get, labels):
         w(f"- {line}")
     w("")
     w("## Notes and limits\n")
@@ -642,11 +709,7 @@ def avg_value_size(bench: Bench) -> float:
 
 
 def observations(
-    bench: Bench,
-    drf_plain: float | None,
-    batch_redis: float | None,
-    gevent_get: LoadResult | None,
-    labels: list[str],
+    bench: Bench, t: Targets, gevent_get: LoadResult | None, labels: list[str]
 ) -> list[str]:
     """Plain statements computed from the numbers (the human reading is in the report)."""
     rows = bench.rows
@@ -654,18 +717,18 @@ def observations(
     quiet = [
         r.result
         for r in rows
-        if r.section in ("node", "workers")
+        if r.section in ("node", "bare", "workers")
         and r.result
         and (r.result.other_cpu_pct or 0.0) < NOISY_PCT
     ]
     if quiet:
         saturated = [r for r in quiet if (r.server_cpu_pct or 0.0) >= 85]
         lines.append(
-            f"Node rows on a quiet machine ({len(quiet)}): the node used "
+            f"Node and bare-Django rows on a quiet machine ({len(quiet)}): the server used "
             f"{min(r.server_cpu_pct or 0 for r in quiet):.0f}-"
             f"{max(r.server_cpu_pct or 0 for r in quiet):.0f}% of a core, the load processes "
             f"at most {max(r.client_cpu_pct for r in quiet):.0f}% together; {len(saturated)} of "
-            f"them have the node's core saturated (the server, not the client, is the limit)."
+            f"them have the server's core saturated (the server, not the client, is the limit)."
         )
     for row in rows:
         r = row.result
@@ -681,20 +744,39 @@ def observations(
                     "is the limit, so Redis can do more than shown."
                 )
             )
-    if drf_plain is not None:
+    get, bare = find(rows, "node", "GET"), find(rows, "bare", "bare GET")
+    plain, batch = find(rows, "node", "plain GET"), find(rows, "node", f"batch get {BATCH_KEYS}")
+    if t.drf_bare is not None:
         lines.append(
-            f"DRF GET reaches {drf_plain:.2f}x the plain-Django ceiling on the same node "
-            f"(target >= {DRF_PLAIN_TARGET}): {verdict(drf_plain, DRF_PLAIN_TARGET)}."
+            f"DRF GET reaches {t.drf_bare:.2f}x the bare Django app's requests/s "
+            f"(target >= {DRF_BARE_TARGET:g}): {verdict(t.drf_bare, DRF_BARE_TARGET)}. "
+            f"For reference, the full-stack plain view in the node reaches "
+            f"{fmt(t.plain_bare, '.2f')}x the bare app, and DRF GET {fmt(t.drf_plain, '.2f')}x "
+            "that plain view."
         )
-    if batch_redis is not None:
-        b = find(rows, "node", f"batch get {BATCH_KEYS}")
+    cpu = {
+        name: r.server_cpu_per_1k_ops
+        for name, r in (("DRF GET", get), ("plain view", plain), ("bare Django", bare))
+        if r is not None and r.server_cpu_per_1k_ops is not None
+    }
+    if len(cpu) == 3 and cpu["bare Django"]:
+        lines.append(
+            "Server CPU per request (less sensitive to other processes than requests/s): "
+            + ", ".join(f"{name} {1000 * v:.0f} µs" for name, v in cpu.items())
+            + f"; the bare app's CPU / DRF GET's = {cpu['bare Django'] / cpu['DRF GET']:.2f}."
+        )
+    if t.batch_bare is not None and batch is not None and bare is not None:
+        lines.append(
+            f"Batch get of {BATCH_KEYS} keys: {batch.keys_per_s:,.0f} keys/s on the node = "
+            f"{t.batch_bare:.1f}x the bare Django app's {bare.ops_per_s:,.0f} requests/s "
+            f"(target >= {BATCH_BARE_TARGET:g}): {verdict(t.batch_bare, BATCH_BARE_TARGET)}."
+        )
+    if t.batch_redis is not None:
         m = find(rows, "redis", f"batch get {BATCH_KEYS}")
-        assert b is not None
         assert m is not None
         lines.append(
-            f"Batch get of {BATCH_KEYS} keys: {b.keys_per_s:,.0f} keys/s on the node against "
-            f"{m.keys_per_s:,.0f} keys/s for Redis MGET from the same client ({batch_redis:.2f}x, "
-            f"target >= {BATCH_REDIS_TARGET:g}): {verdict(batch_redis, BATCH_REDIS_TARGET)}."
+            f"Redis MGET of {BATCH_KEYS} keys from the same client: {m.keys_per_s:,.0f} keys/s "
+            f"(the node's batch get: {t.batch_redis:.2f}x that; no target)."
         )
     if gevent_get is not None and len(labels) > 1:
         got = {lab: find(rows, "workers", "GET", lab) or gevent_get for lab in labels}
@@ -766,43 +848,56 @@ def plot(bench: Bench, path: Path) -> None:
         r = find(rows, section, name)
         return None if r is None else getattr(r, attr)
 
+    def target_line(ax: Any, group: int, y: float | None, label: str) -> None:
+        if y:
+            ax.hlines(y, group - 0.45, group + 0.45, colors="red", linestyles="dashed", label=label)
+            ax.legend(fontsize=8)
+
     groups = ["GET", "SET", f"batch {BATCH_KEYS}"]
     names = ["GET", "SET", batch_name]
-    bars(
+    bare = find(rows, "bare", "bare GET")
+    bare_label = next((r.system for r in rows if r.section == "bare"), "bare Django")
+    for ax, attr, ylabel, title, spec in [
+        (axes[0][0], "ops_per_s", "requests/s (log)", "Throughput: requests per second", ",.0f"),
+        (axes[0][1], "p99_ms", "ms (log)", "p99 latency", ".2f"),
+    ]:
+        bars(
+            ax,
+            groups,
+            {
+                "node (DRF, gevent)": [val("node", n, attr) for n in names],
+                bare_label: [val("bare", "bare GET", attr), None, None],
+                PLAIN_SYSTEM: [val("node", "plain GET", attr), None, None],
+                "Redis (redis-py)": [val("redis", n, attr) for n in names],
+            },
+            ylabel,
+            title,
+            log=True,
+            fmt_spec=spec,
+        )
+    target_line(
         axes[0][0],
-        groups,
-        {
-            "node (DRF, gevent)": [val("node", n, "ops_per_s") for n in names],
-            "plain Django (same node)": [val("node", "plain GET", "ops_per_s"), None, None],
-            "Redis (redis-py)": [val("redis", n, "ops_per_s") for n in names],
-        },
-        "requests/s (log)",
-        "Throughput: requests per second",
-        log=True,
-    )
-    bars(
-        axes[0][1],
-        groups,
-        {
-            "node (DRF, gevent)": [val("node", n, "p99_ms") for n in names],
-            "plain Django (same node)": [val("node", "plain GET", "p99_ms"), None, None],
-            "Redis (redis-py)": [val("redis", n, "p99_ms") for n in names],
-        },
-        "ms (log)",
-        "p99 latency",
-        log=True,
-        fmt_spec=".2f",
+        0,
+        None if bare is None else DRF_BARE_TARGET * bare.ops_per_s,
+        f"target: {DRF_BARE_TARGET:g}x bare Django",
     )
     bars(
         axes[1][0],
         ["single GET", f"batch get / MGET {BATCH_KEYS}"],
         {
             "node": [val("node", "GET", "keys_per_s"), val("node", batch_name, "keys_per_s")],
+            bare_label: [val("bare", "bare GET", "keys_per_s"), None],
             "Redis": [val("redis", "GET", "keys_per_s"), val("redis", batch_name, "keys_per_s")],
         },
         "keys/s (log)",
         "Keys per second",
         log=True,
+    )
+    target_line(
+        axes[1][0],
+        1,
+        None if bare is None else BATCH_BARE_TARGET * bare.ops_per_s,
+        f"target: {BATCH_BARE_TARGET:g}x bare Django requests/s",
     )
     labels = [r.system for r in rows if r.section == "workers" and r.name == "GET"]
 
@@ -825,10 +920,7 @@ def plot(bench: Bench, path: Path) -> None:
         "Worker class: requests per second",
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def write_json(bench: Bench, path: Path, meta: dict[str, Any]) -> None:
@@ -862,146 +954,22 @@ def write_json(bench: Bench, path: Path, meta: dict[str, Any]) -> None:
                 error_samples=r.error_samples,
             )
         rows.append(item)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(orjson.dumps({**meta, "rows": rows}, option=orjson.OPT_INDENT_2))
-    tmp.replace(path)
+    write_bytes(path, orjson.dumps({**meta, "rows": rows}, option=orjson.OPT_INDENT_2))
 
 
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--duration", type=float, default=None, help="measured seconds per row (5)")
-    p.add_argument("--warmup", type=float, default=None, help="warm-up seconds per row (1)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 s rows, 2,000 keys")
-    p.add_argument("--keys", type=int, default=None, help="preloaded keys (10000)")
-    p.add_argument("--procs", type=int, default=2, help="load processes (2)")
-    p.add_argument("--conns", type=int, default=4, help="connections per load process (4)")
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=2,
-        help="compared rows (DRF / plain GET, worker classes) take turns in this many rounds "
-        "of duration / rounds seconds (2)",
-    )
-    p.add_argument(
-        "--pin", action="store_true", help="pin the node to CPU 0 and the load processes to CPU 1"
-    )
-    p.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=10.0,
-        help="before each row, wait up to this many seconds while other processes "
-        f"use more than {NOISY_PCT:g}%% of a core (10)",
-    )
-    p.add_argument(
-        "--quiet-wait-total",
-        type=float,
-        default=None,
-        help="most seconds of such waiting in the whole run (30; --quick: 10)",
-    )
-    p.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
-    p.add_argument("--redis-host", default="127.0.0.1")
-    p.add_argument("--redis-port", type=int, default=6379)
-    p.add_argument("--redis-db", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    p.add_argument("--name", default="foundation", help="results file stem (foundation)")
-    p.add_argument(
-        "--only",
-        choices=["foundation", "cluster"],
-        default=None,
-        help="run only the foundation or only the cluster benchmark (default: both)",
-    )
-    p.add_argument(
-        "--cluster-duration",
-        type=float,
-        default=None,
-        help="cluster benchmark: measured seconds per item (N x path x op), split over "
-        "--rounds (8; --quick: 1)",
-    )
-    p.add_argument(
-        "--client-duration",
-        type=float,
-        default=None,
-        help="cluster benchmark: seconds of each CacheClient sanity row (3; --quick: 1)",
-    )
-    p.add_argument(
-        "--profile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="cluster benchmark: after the measured items, load three of them again with "
-        "py-spy on every node and report where the CPU goes (default: on if py-spy is "
-        "installed, off with --quick)",
-    )
-    p.add_argument(
-        "--control",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="cluster benchmark: also measure the lone node at the per-node concurrency of the "
-        "3-node smart client (GET, SET; on by default)",
-    )
-    p.add_argument(
-        "--profile-duration",
-        type=float,
-        default=3.0,
-        help="cluster benchmark: seconds of each profiled load (3)",
-    )
-    a = p.parse_args(argv)
-    a.duration = a.duration if a.duration is not None else (1.0 if a.quick else 5.0)
-    a.warmup = a.warmup if a.warmup is not None else (0.3 if a.quick else 1.0)
-    a.keys = a.keys if a.keys is not None else (2000 if a.quick else 10_000)
-    if a.cluster_duration is None:
-        a.cluster_duration = 1.0 if a.quick else 8.0
-    if a.client_duration is None:
-        a.client_duration = 1.0 if a.quick else 3.0
-    if a.profile is None:
-        a.profile = not a.quick and (
-            shutil.which("py-spy") is not None or (Path(sys.executable).parent / "py-spy").exists()
-        )
-    if a.quiet_wait_total is None:
-        a.quiet_wait_total = 10.0 if a.quick else 30.0
-    if a.redis_host not in ("127.0.0.1", "localhost", "::1"):
-        p.error("--redis-host: loopback only")
-    if a.cluster_duration <= 0 or a.client_duration <= 0:
-        p.error("need --cluster-duration > 0 and --client-duration > 0")
-    if min(a.procs, a.conns, a.rounds) < 1 or a.duration <= 0 or a.warmup < 0:
-        p.error("need --duration > 0, --warmup >= 0 and --procs, --conns, --rounds >= 1")
-    if a.keys < BATCH_KEYS:
-        p.error(f"--keys must be at least {BATCH_KEYS}")
-    return a
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    command = "cd {} && .venv/bin/python bench/run.py{}".format(
-        ROOT, "".join(" " + shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
-    )
+    args = parse_args(argv, __doc__)
+    command = command_line("bench/run.py", sys.argv[1:] if argv is None else argv)
     rc = 0
     if args.only in (None, "foundation"):
         rc = run_foundation(args, command)
         if rc:
             return rc
     if args.only in (None, "cluster"):
-        # bench/cluster.py imports helpers from this module: let it find this very module (also
-        # when it runs as __main__) instead of loading a second copy.
-        sys.modules.setdefault("run", sys.modules[__name__])
-        import cluster
-
-        try:
-            with cleanup_on_exit():
-                rc = cluster.run(args, command, print)
-        except KeyboardInterrupt:
-            print("\ninterrupted: every node was stopped; no results written", file=sys.stderr)
-            return 130
-        md = args.out / "cluster.md"
-        print(
-            f"wrote {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md}, cluster.png, "
-            "cluster.json",
-            file=sys.stderr,
-        )
+        rc = cluster.main(args, command)
     return rc
 
 
@@ -1020,21 +988,25 @@ def run_foundation(args: argparse.Namespace, command: str) -> int:
     md = args.out / f"{args.name}.md"
     png = args.out / f"{args.name}.png"
     text = report(bench, command, started, load_before, load_after)
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(md)
+    write_text(md, text)
     plot(bench, png)
     write_json(
         bench,
         args.out / f"{args.name}.json",
-        {"command": command, "date": started.isoformat(), **machine_facts()},
+        {
+            "command": command,
+            "date": started.isoformat(),
+            **machine_facts(),
+            "targets": {
+                "drf_get_vs_bare_get": DRF_BARE_TARGET,
+                "batch_keys_vs_bare_get": BATCH_BARE_TARGET,
+            },
+            "ratios": dataclasses.asdict(targets(bench.rows)),
+            "answer_bytes": bench.answer_bytes,
+        },
     )
     print(text)
-    print(
-        f"wrote {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md}, {png.name}, "
-        f"{args.name}.json",
-        file=sys.stderr,
-    )
+    print(f"wrote {shown(md)}, {png.name}, {args.name}.json", file=sys.stderr)
     return 0
 
 

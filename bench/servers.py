@@ -1,13 +1,15 @@
-"""Start and stop real cache nodes for the benchmarks.
+"""Start and stop the servers the benchmarks measure: cache nodes and the bare Django baseline.
 
 A :class:`Registry` is a throwaway registry (a migrated SQLite file in a temp directory plus an
 API key made with ``manage.py createapikey``); a :class:`Node` is one ``manage.py runnode``
-child in its own process group, on a free loopback port, with its log in the registry's
-directory. Every node started through :func:`cleanup_on_exit`-protected code is stopped
-(SIGTERM to the whole group, then SIGKILL), also on Ctrl-C or SIGTERM of the benchmark.
+child; a :class:`BareDjango` is the bare Django app of ``bench/bare`` served by gunicorn with
+the nodes' own gunicorn config. Each is a :class:`Server`: its own process group, a free
+loopback port, its log in a temp directory. Every server started through
+:func:`cleanup_on_exit`-protected code is stopped (SIGTERM to the whole group, then SIGKILL),
+also on Ctrl-C or SIGTERM of the benchmark.
 
 The cluster benchmark reuses these pieces: several :class:`Node` objects over one
-:class:`Registry`, and :meth:`Node.cpu_seconds` for server CPU per 1,000 operations.
+:class:`Registry`, and :meth:`Server.cpu_seconds` for server CPU per 1,000 operations.
 """
 
 from __future__ import annotations
@@ -15,32 +17,56 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 import requests
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(1, str(ROOT))
-
-from tests.processes import free_port  # noqa: E402 - one port picker for tests and benchmarks
+from report import ROOT
 
 PYTHON = sys.executable
+GUNICORN_CONF = ROOT / "cache_project" / "gunicorn_conf.py"  # the nodes' (and the bare app's)
 
 # Inherited settings that would change what is measured (a debug server, an access log, a
 # developer's CACHE_* overrides) are dropped so that every run measures the defaults.
 _DROPPED_ENV_PREFIXES = ("CACHE_",)
 _DROPPED_ENV = {"DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY"}
 
-_live: list[Node] = []
+_live: list[Server] = []
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port to start a server on: free now, never handed out before by this process, and
+    below the kernel's ephemeral range, so that no outgoing connection (a load lane, a peer)
+    takes it between this check and the server's bind (bind(0) picks from that very range).
+    The same picker as the tests' (``tests/processes.py``); bench/ does not import tests/."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = low - 1 if low > 12_000 else 60_999
+    for _ in range(1000):
+        port = random.randint(10_000, top)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found")
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -94,44 +120,36 @@ class Registry:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Node:
-    """One ``manage.py runnode`` process group. ``start()`` then ``wait_ready()``; ``stop()``."""
+class Server:
+    """One server process group on a free loopback port: ``start()``, ``wait_ready()``,
+    ``cpu_seconds()``, ``stop()``. Subclasses give the command line and the readiness path."""
+
+    ready_path = "/health"
 
     def __init__(
         self,
-        registry: Registry,
-        name: str = "n1",
+        name: str,
+        env: dict[str, str],
+        log_dir: Path,
         *,
-        worker_class: str = "gevent",
-        threads: int | None = None,
         cpu: int | None = None,
         port: int | None = None,
-        **env: str,
     ) -> None:
-        self.registry = registry
         self.name = name
-        self.worker_class = worker_class
-        self.threads = threads
         self.cpu = cpu
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"
-        self.env = {**registry.env, **env}
-        self.log_path = registry.dir / f"{name}-{self.port}.log"
+        self.env = env
+        self.log_path = log_dir / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
-    @property
-    def label(self) -> str:
-        if self.worker_class == "gthread":
-            return f"gthread --threads {self.threads or 4}"
-        return self.worker_class
+    def argv(self) -> list[str]:
+        raise NotImplementedError
 
-    def start(self) -> Node:
-        argv = [PYTHON, "manage.py", "runnode", "--name", self.name, "--port", str(self.port)]
-        argv += ["--worker-class", self.worker_class]
-        if self.threads is not None:
-            argv += ["--threads", str(self.threads)]
+    def start(self) -> Self:
+        argv = self.argv()
         if self.cpu is not None and hasattr(os, "sched_setaffinity"):
             argv = ["taskset", "-c", str(self.cpu), *argv] if shutil.which("taskset") else argv
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -149,24 +167,22 @@ class Node:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_ready(self, timeout: float = 30.0) -> Node:
+    def wait_ready(self, timeout: float = 30.0) -> Self:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.name} exited early:\n{self.log()[-4000:]}")
+                raise RuntimeError(f"{self.name} exited early:\n{self.log()[-4000:]}")
             try:
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if requests.get(self.url + self.ready_path, timeout=1).status_code == 200:
                     return self
             except requests.RequestException as exc:
                 last = exc
             time.sleep(0.1)
-        raise TimeoutError(
-            f"node {self.name} not ready in {timeout}s ({last}):\n{self.log()[-4000:]}"
-        )
+        raise TimeoutError(f"{self.name} not ready in {timeout}s ({last}):\n{self.log()[-4000:]}")
 
     def processes(self) -> list[psutil.Process]:
-        """The node's processes: the gunicorn master and its worker."""
+        """The server's processes: the gunicorn master and its worker."""
         if self.proc is None or self.proc.poll() is not None:
             return []
         try:
@@ -176,7 +192,7 @@ class Node:
             return []
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds used so far by the node's processes."""
+        """User + system CPU seconds used so far by the server's processes."""
         total = 0.0
         for p in self.processes():
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -207,15 +223,83 @@ class Node:
             _live.remove(self)
 
 
+class Node(Server):
+    """One ``manage.py runnode`` process group (the command execs gunicorn in place)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        name: str = "n1",
+        *,
+        worker_class: str = "gevent",
+        threads: int | None = None,
+        cpu: int | None = None,
+        port: int | None = None,
+        **env: str,
+    ) -> None:
+        super().__init__(name, {**registry.env, **env}, registry.dir, cpu=cpu, port=port)
+        self.registry = registry
+        self.worker_class = worker_class
+        self.threads = threads
+
+    @property
+    def label(self) -> str:
+        if self.worker_class == "gthread":
+            return f"gthread --threads {self.threads or 4}"
+        return self.worker_class
+
+    def argv(self) -> list[str]:
+        argv = [PYTHON, "manage.py", "runnode", "--name", self.name, "--port", str(self.port)]
+        argv += ["--worker-class", self.worker_class]
+        if self.threads is not None:
+            argv += ["--threads", str(self.threads)]
+        return argv
+
+
+class BareDjango(Server):
+    """The bare Django baseline (``bench/bare``): one ``JsonResponse`` view, no middleware,
+    no apps, served by gunicorn with the nodes' config file and the environment ``runnode``
+    gives a node (bind, worker class, worker connections): same worker class, one worker, same
+    keep-alive, timeouts and log level. Its log lives in its own temp directory."""
+
+    ready_path = "/api/v1/keys/ready"  # the one view answers every key
+
+    def __init__(
+        self, *, worker_class: str = "gevent", cpu: int | None = None, port: int | None = None
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="cache-bench-bare-"))
+        port = port or free_port()
+        env = _clean_env(
+            DJANGO_SETTINGS_MODULE="bench.bare.settings",
+            CACHE_BIND=f"127.0.0.1:{port}",
+            CACHE_WORKER_CLASS=worker_class,
+            CACHE_WORKER_CONNECTIONS="1000",  # a node's default (CACHE_CLUSTER WORKER_CONNECTIONS)
+            CACHE_NODE_NAME="bare-django",  # gunicorn's proc_name: cache-node-bare-django
+        )
+        super().__init__("bare-django", env, self.dir, cpu=cpu, port=port)
+        self.worker_class = worker_class
+
+    @property
+    def label(self) -> str:
+        return f"bare Django ({self.worker_class})"
+
+    def argv(self) -> list[str]:
+        return [PYTHON, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "bench.bare.wsgi:application"]
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def stop_all() -> None:
-    """Stop every node still running (idempotent; called from finally blocks and atexit)."""
-    for node in list(_live):
-        node.stop()
+    """Stop every server still running (idempotent; called from finally blocks and atexit)."""
+    for server in list(_live):
+        server.stop()
 
 
 @contextlib.contextmanager
 def cleanup_on_exit() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt and stop every node on the way out."""
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt and stop every server on the way out."""
 
     def _raise(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -224,7 +308,7 @@ def cleanup_on_exit() -> Iterator[None]:
     try:
         yield
     finally:
-        # Ctrl-C during cleanup must not leave a node behind.
+        # Ctrl-C during cleanup must not leave a server behind.
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             stop_all()
