@@ -319,3 +319,32 @@ def test_a_hung_owner_fails_only_its_keys_even_when_read_first(small_cluster):
     assert body["values"] == {k: k for k in keys if k not in set(hung_keys)}
     assert body["missing"] == []
     assert 1.0 <= elapsed < 1.0 + 2.0  # waited out the hung owner's timeout, once
+
+
+def test_a_hung_owner_costs_one_timeout_then_fails_fast_until_it_answers(small_cluster):
+    """A stopped owner keeps its connections open, so only a timeout tells. The first read
+    waits it out; the next ones fail at once (503) instead of each waiting again, keys of
+    other owners are unaffected, and the owner serves again once it answers."""
+    cluster = small_cluster
+    ring = ring_of(cluster)
+    keys = _stored_batch(cluster, "s", 60)
+    hung_key = next(k for k in keys if ring.primary(k).name == "n2")
+    live_key = next(k for k in keys if ring.primary(k).name == "n3")
+    entry, hung = cluster.node("n1"), cluster.node("n2")
+    os.killpg(hung.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        r = cluster.get(entry, f"/api/v1/keys/{hung_key}")
+        assert r.status_code == 503
+        assert time.monotonic() - started >= 1.0  # FORWARD_TIMEOUT, once
+        for _ in range(5):
+            started = time.monotonic()
+            r = cluster.get(entry, f"/api/v1/keys/{hung_key}")
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "unavailable"
+            assert time.monotonic() - started < 0.5  # no second wait
+        assert cluster.get(entry, f"/api/v1/keys/{live_key}").json()["value"] == live_key
+    finally:
+        os.killpg(hung.proc.pid, signal.SIGCONT)
+    # After PEER_RETRY_SECONDS one call tries the owner again, and it answers.
+    wait_for(lambda: cluster.get(entry, f"/api/v1/keys/{hung_key}").status_code == 200, 10)

@@ -758,3 +758,22 @@ def test_a_node_without_streams_answers_501(app):
     assert error_code(b"".join(out)) == "streams_unavailable"
     ours.close()
     theirs.close()
+
+
+def test_a_peer_that_timed_out_fails_fast_then_gets_one_trial_call():
+    from cacheapi.peer.client import _Suspects
+
+    clock = FakeClock()
+    suspects = _Suspects(retry_after=1.0, clock=clock)
+    suspects.check("n2")  # nothing known: goes through
+    suspects.timed_out("n2")
+    with pytest.raises(PeerUnavailable):
+        suspects.check("n2")
+    suspects.check("n3")  # others are not affected
+    clock.advance(1.0)
+    suspects.check("n2")  # the trial call goes through...
+    with pytest.raises(PeerUnavailable):
+        suspects.check("n2")  # ...while the others still fail fast
+    suspects.answered("n2")  # the trial answered: the peer is trusted again
+    suspects.check("n2")
+    suspects.check("n2")
