@@ -15,9 +15,9 @@ import gevent
 from gevent import monkey
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
-from cacheapi.peer.server import InternalApp
 from cacheapi.metrics import recorder
 from cacheapi.peer.client import PeerClient
+from cacheapi.peer.server import InternalApp
 from cacheapi.router import Router
 from cacheapi.settings import cluster_settings
 from cacheapi.store import Store

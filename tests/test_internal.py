@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cacheapi import errors
-from cacheapi.peer.server import INTERNAL_HEADER, InternalApp, decode_value, encode_value
 from cacheapi.peer.client import PeerClient, PeerError, PeerUnavailable
+from cacheapi.peer.server import INTERNAL_HEADER, InternalApp, decode_value, encode_value
 from cacheapi.store import Store
 from cacheapi.store.versions import format_version, parse_version
 from nodes.ring import RingNode

@@ -631,6 +631,7 @@ def test_connections_idle_too_long_are_retired_not_reused():
 
 
 def test_owners_keep_idle_streams_longer_than_coordinators_reuse_them():
-    from cacheapi.peer import server as internal, transport
+    from cacheapi.peer import server as internal
+    from cacheapi.peer import transport
 
     assert transport.STREAM_MAX_IDLE_SECONDS + 10 <= internal.STREAM_IDLE_SECONDS

@@ -17,10 +17,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from cacheapi import errors, node, validation, values
-from cacheapi.metrics import recorder
 from cacheapi.api.parsers import OctetStreamParser, StrictJSONParser
-from cacheapi.peer.client import HOPS_HEADER, RING_HEADER
 from cacheapi.api.renderers import OctetStreamRenderer, ORJSONRenderer
+from cacheapi.metrics import recorder
+from cacheapi.peer.client import HOPS_HEADER, RING_HEADER
 from cacheapi.store import Entry
 from cacheapi.store.versions import format_version, parse_version
 

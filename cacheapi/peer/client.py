@@ -19,8 +19,8 @@ import orjson
 from cacheapi import errors, values
 from cacheapi.peer.server import INTERNAL_HEADER, STREAM_OP, STREAM_PROTOCOL, encode_value
 from cacheapi.peer.server import PREFIX as INTERNAL_PREFIX
-from cacheapi.store import Entry
 from cacheapi.peer.transport import Call, Response, StreamsRefused, Transport
+from cacheapi.store import Entry
 from cacheapi.store.versions import Version, format_version, parse_version
 
 log = logging.getLogger(__name__)
