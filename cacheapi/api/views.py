@@ -60,7 +60,7 @@ class NodeViewSet(viewsets.ViewSet):
         hops = self.request.META.get("HTTP_X_FORWARDED_HOPS")
         if hops is None:
             return False
-        if not hops.isdigit():
+        if not (hops.isascii() and hops.isdigit() and len(hops) <= 9):
             raise errors.InvalidRequest(f"{HOPS_HEADER} must be a whole number")
         if not getattr(self.request.user, "internal", False):
             raise errors.Forbidden(f"{HOPS_HEADER} is for node-to-node calls only")

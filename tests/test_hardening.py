@@ -1,0 +1,228 @@
+"""A real node (gunicorn, gevent) fed bad input over raw sockets, and held connections open.
+Every refusal is the API's JSON error envelope, and nothing is stored from a refused request."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.processes import NodeProcess, Registry
+
+pytestmark = pytest.mark.integration
+
+SECRET = "hardening-secret"
+HEADER_TIMEOUT = 2.0  # the main node's: short, so the timeout tests are quick
+BODY_TIMEOUT = 2.0
+MAX_REQUEST_BYTES = 2 * 2**20
+IDLE_CONNECTIONS = 10_000
+
+
+# Raw HTTP -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    reason: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_answer(sock: socket.socket) -> Answer:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the node closed the connection after {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    _, status, reason = status_line.split(" ", 2)
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return Answer(int(status), reason, headers, body)
+
+
+def exchange(port: int, data: bytes, *, shut_write: bool = False, timeout: float = 10) -> Answer:
+    """Send raw bytes on a new connection (then, with ``shut_write``, end the sending side) and
+    read one answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        return read_answer(sock)
+
+
+def head(method: str, target: str, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def chunked(body: bytes, size: int = 7) -> bytes:
+    """``body`` in chunks of ``size`` bytes, with the last chunk and an empty trailer."""
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def assert_envelope(answer: Answer, status: int, code: str) -> str:
+    assert answer.status == status, (answer.status, answer.body)
+    assert answer.headers["content-type"].startswith("application/json"), answer.headers
+    body = answer.json()
+    assert list(body) == ["error"]
+    assert sorted(body["error"]) == ["code", "message"]
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    return str(body["error"]["message"])
+
+
+# Nodes --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    path = tmp_path_factory.mktemp("hardening") / "registry.sqlite3"
+    return Registry(f"sqlite:///{path}", CACHE_SECRET=SECRET)
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path) -> Registry:
+    """For a node started by one test: alone in its ring (a stopped node would stay in it)."""
+    return Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}", CACHE_SECRET=SECRET)
+
+
+def start(registry: Registry, log_dir: Path, name: str, *extra: str, **env: str) -> NodeProcess:
+    proc = NodeProcess(registry, name, log_dir, **env)
+    try:
+        return proc.start(*extra).wait_ready()
+    except BaseException:
+        proc.stop()
+        raise
+
+
+@pytest.fixture(scope="module")
+def node(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = start(
+        registry,
+        tmp_path_factory.mktemp("logs"),
+        "n1",
+        CACHE_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
+        CACHE_BODY_TIMEOUT=str(BODY_TIMEOUT),
+        CACHE_MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES),
+    )
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+class Api:
+    """The node's public API with the tests' key."""
+
+    def __init__(self, url: str, api_key: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.session.headers["X-API-Key"] = api_key
+
+    def get(self, key_path: str, **headers: str) -> requests.Response:
+        url = f"{self.url}/api/v1/keys/{key_path}"
+        return self.session.get(url, headers=headers, timeout=10)
+
+    def put(self, key_path: str, value: Any) -> None:
+        url = f"{self.url}/api/v1/keys/{key_path}"
+        assert self.session.put(url, json={"value": value}, timeout=10).status_code == 200
+
+
+@pytest.fixture
+def api(node: NodeProcess, registry: Registry) -> Api:
+    return Api(node.url, registry.api_key)
+
+
+def auth(registry: Registry, **headers: str) -> dict[str, str]:
+    return {"X-API-Key": registry.api_key, **headers}
+
+
+# 3. Integers too long for Python's int() ----------------------------------------------------------
+
+HUGE = "7" * 5000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/keys/huge", '{"value": N}'),
+        ("/api/v1/keys/huge", '{"value": {"deep": [1, -N]}}'),
+        ("/api/v1/keys/huge", '{"value": 1, "ttl": N}'),
+        ("/api/v1/keys/counter/incr", '{"delta": N}'),
+        ("/api/v1/batch/set", '{"items": [{"key": "huge", "value": N}]}'),
+        ("/api/v1/batch/get", '{"keys": ["huge"], "extra": N}'),
+        ("/set", '{"key": "huge", "value": N}'),
+    ],
+)
+def test_an_integer_of_more_than_4300_digits_anywhere_in_a_body_is_400(
+    node, registry, api, path, body
+):
+    api.put("counter", 1)
+    data = body.replace("N", HUGE).encode()
+    headers = auth(
+        registry, **{"Content-Type": "application/json", "Content-Length": str(len(data))}
+    )
+    method = "PUT" if path.startswith("/api/v1/keys/huge") else "POST"
+    message = assert_envelope(
+        exchange(node.port, head(method, path, headers) + data), 400, "bad_json"
+    )
+    assert "5000 digits" in message
+    assert api.get("huge").status_code == 404
+    assert api.get("counter").json()["value"] == 1
+
+
+def test_integers_are_exact_up_to_4300_digits_and_refused_beyond(node, registry, api):
+    headers = {"X-API-Key": registry.api_key, "Content-Type": "application/json"}
+    url = f"{node.url}/api/v1/keys/long-int"
+    longest = "9" * 4300
+    r = requests.put(url, data='{"value": [' + longest + "]}", headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    assert api.get("long-int").text == '{"key":"long-int","value":[' + longest + '],"ttl":null}'
+    r = requests.put(url, data='{"value": 1' + longest + "}", headers=headers, timeout=10)
+    assert r.status_code == 400
+    assert r.json()["error"] == {
+        "code": "bad_json",
+        "message": "body is not valid JSON: an integer of 4301 digits is longer than the 4300 "
+        "allowed",
+    }
+    assert api.get("long-int").json()["value"] == [int(longest)]
+
+
+def test_a_huge_integer_in_an_internal_call_or_a_hops_header_is_400(node, api):
+    body = '{"key": "huge", "value": "N", "binary": false, "ttl": null}'.replace("N", HUGE)
+    r = requests.post(
+        f"{node.url}/internal/v1/set", data=body, headers={"X-Cluster-Secret": SECRET}, timeout=10
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_value"
+    r = requests.get(
+        f"{node.url}/api/v1/keys/huge",
+        headers={"X-Cluster-Secret": SECRET, "X-Forwarded-Hops": HUGE},
+        timeout=10,
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_request"
+    assert api.get("huge").status_code == 404
