@@ -50,6 +50,17 @@ class InvalidRequest(CacheError):
     code = "invalid_request"
 
 
+class IncompleteBody(CacheError):
+    """The connection ended before the body its request declared (or a chunked body) did."""
+
+    code = "incomplete_body"
+
+
+class RequestTimeout(CacheError):
+    status = 408
+    code = "request_timeout"
+
+
 class Forbidden(CacheError):
     status = 403
     code = "forbidden"

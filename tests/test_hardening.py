@@ -160,6 +160,93 @@ def auth(registry: Registry, **headers: str) -> dict[str, str]:
     return {"X-API-Key": registry.api_key, **headers}
 
 
+# 1. Chunked bodies --------------------------------------------------------------------------------
+
+
+def test_a_chunked_json_put_stores_the_whole_body(node, registry, api):
+    body = json.dumps({"value": {"greeting": "hello, chunks", "n": [1, 2, 3]}}).encode()
+    headers = auth(registry, **{"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    answer = exchange(node.port, head("PUT", "/api/v1/keys/chunked", headers) + chunked(body))
+    assert answer.status == 200, answer.body
+    assert api.get("chunked").json()["value"] == {"greeting": "hello, chunks", "n": [1, 2, 3]}
+
+
+def test_a_chunked_octet_stream_put_stores_every_byte(node, registry, api):
+    blob = bytes(range(256)) * 40
+    headers = auth(
+        registry, **{"Content-Type": "application/octet-stream", "Transfer-Encoding": "chunked"}
+    )
+    answer = exchange(node.port, head("PUT", "/api/v1/keys/blob", headers) + chunked(blob, 1000))
+    assert answer.status == 200, answer.body
+    assert api.get("blob", Accept="application/octet-stream").content == blob
+
+
+def test_a_chunked_incr_adds_its_delta(node, registry, api):
+    api.put("counter", 5)
+    headers = auth(registry, **{"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    request = head("POST", "/api/v1/keys/counter/incr", headers) + chunked(b'{"delta": 100}')
+    answer = exchange(node.port, request)
+    assert answer.status == 200, answer.body
+    assert answer.json() == {"key": "counter", "value": 105}
+    assert api.get("counter").json()["value"] == 105
+
+
+def test_a_chunked_body_over_the_request_limit_is_413_and_stores_nothing(node, registry, api):
+    blob = b"x" * (MAX_REQUEST_BYTES + 1)
+    headers = auth(
+        registry, **{"Content-Type": "application/octet-stream", "Transfer-Encoding": "chunked"}
+    )
+    request = head("PUT", "/api/v1/keys/too-big", headers) + chunked(blob, 65536)
+    assert_envelope(exchange(node.port, request), 413, "request_too_large")
+    assert api.get("too-big").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'5\r\n{"val\r\nZZ\r\nue": 1}\r\n0\r\n\r\n', "invalid_request"),  # not a chunk size
+        (b'20\r\n{"value": 1}', "incomplete_body"),  # the connection ends inside a chunk
+        (b'c\r\n{"value": 1}\r\n', "incomplete_body"),  # ... or before the last chunk
+    ],
+)
+def test_a_malformed_or_cut_off_chunked_body_is_400_and_stores_nothing(
+    node, registry, api, body, code
+):
+    headers = auth(registry, **{"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    request = head("PUT", "/api/v1/keys/broken", headers) + body
+    assert_envelope(exchange(node.port, request, shut_write=True), 400, code)
+    assert api.get("broken").status_code == 404
+
+
+# 2. Bodies shorter than their Content-Length ------------------------------------------------------
+
+
+def test_a_body_cut_off_before_its_content_length_is_400_and_stores_nothing(node, registry, api):
+    headers = auth(
+        registry, **{"Content-Type": "application/octet-stream", "Content-Length": "1000000"}
+    )
+    request = head("PUT", "/api/v1/keys/short", headers) + b"x" * 1000
+    message = assert_envelope(exchange(node.port, request, shut_write=True), 400, "incomplete_body")
+    assert "999000 bytes" in message
+    assert api.get("short").status_code == 404
+
+
+def test_a_cut_off_json_body_that_parses_is_still_refused(node, registry, api):
+    """The first bytes of a body can be a whole JSON document: `{"value": 1}` of a declared 40."""
+    headers = auth(registry, **{"Content-Type": "application/json", "Content-Length": "40"})
+    request = head("PUT", "/api/v1/keys/short-json", headers) + b'{"value": 1}'
+    assert_envelope(exchange(node.port, request, shut_write=True), 400, "incomplete_body")
+    assert api.get("short-json").status_code == 404
+
+
+def test_a_cut_off_internal_call_is_400_and_stores_nothing(node, api):
+    body = b'{"key": "short-internal", "value": "1", "binary": false, "ttl": null}'
+    headers = {"X-Cluster-Secret": SECRET, "Content-Length": str(len(body) + 50)}
+    request = head("POST", "/internal/v1/set", headers) + body
+    assert_envelope(exchange(node.port, request, shut_write=True), 400, "incomplete_body")
+    assert api.get("short-internal").status_code == 404
+
+
 # 3. Integers too long for Python's int() ----------------------------------------------------------
 
 HUGE = "7" * 5000
