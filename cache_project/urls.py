@@ -30,9 +30,10 @@ batch_set = views.BatchViewSet.as_view({"post": "set_many"})
 batch_delete = views.BatchViewSet.as_view({"post": "delete_many"})
 health = views.HealthViewSet.as_view({"get": "list"})
 
+# (?s): a key with a newline reaches the view, which refuses it as invalid_key (not a 404).
 api_v1 = [
-    re_path(r"^keys/(?P<key>.+)/incr$", incr_view, name="key-incr"),
-    re_path(r"^keys/(?P<key>.+)$", key_view, name="key"),
+    re_path(r"^keys/(?P<key>(?s:.+))/incr$", incr_view, name="key-incr"),
+    re_path(r"^keys/(?P<key>(?s:.+))$", key_view, name="key"),
     path("batch/get", batch_get, name="batch-get"),
     path("batch/set", batch_set, name="batch-set"),
     path("batch/delete", batch_delete, name="batch-delete"),

@@ -313,3 +313,45 @@ def test_a_huge_integer_in_an_internal_call_or_a_hops_header_is_400(node, api):
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "invalid_request"
     assert api.get("huge").status_code == 404
+
+
+# 5. Keys that are not UTF-8, or hold a newline ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("PUT", "/api/v1/keys/%ff"),
+        ("GET", "/api/v1/keys/%ff"),
+        ("PUT", "/api/v1/keys/caf%e9"),  # latin-1, not UTF-8
+        ("POST", "/api/v1/keys/%c3/incr"),  # a UTF-8 sequence cut short
+        ("GET", "/get?key=%ff"),
+        ("DELETE", "/delete?key=%ff"),
+        ("PUT", "/api/v1/keys/a%0Ab"),
+        ("GET", "/api/v1/keys/a%0Ab"),
+        ("PUT", "/api/v1/keys/a%0A"),
+        ("POST", "/api/v1/keys/k%0A/incr"),
+        ("PUT", "/api/v1/keys/k/incr%0A"),
+        ("GET", "/get?key=a%0Ab"),
+    ],
+)
+def test_a_key_that_is_not_utf8_or_holds_a_newline_is_400_invalid_key(
+    node, registry, api, method, target
+):
+    api.put("k", 1)
+    body = b'{"value": 1}'
+    headers = auth(registry, **{"Content-Type": "application/json"})
+    headers["Content-Length"] = str(len(body)) if method in ("PUT", "POST") else "0"
+    data = head(method, target, headers) + (body if method in ("PUT", "POST") else b"")
+    assert_envelope(exchange(node.port, data), 400, "invalid_key")
+    for stored in ("%25FF", "a", "caf%25E9", "%25C3"):  # the keys "%FF", "a", ...
+        assert api.get(stored).status_code == 404, stored
+    assert api.get("k").json()["value"] == 1
+
+
+def test_a_key_is_the_utf8_its_percent_encoding_spells(node, registry, api):
+    api.put("%C3%A9t%C3%A9%2F%25", "summer")  # "été/%"
+    r = api.session.get(f"{node.url}/get", params={"key": "été/%"}, timeout=10)
+    assert r.json() == {"key": "été/%", "value": "summer", "ttl": None}
+    latin1 = head("GET", "/api/v1/keys/%E9t%E9%2F%25", auth(registry))  # "été/%" in latin-1
+    assert_envelope(exchange(node.port, latin1), 400, "invalid_key")

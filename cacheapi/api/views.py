@@ -120,6 +120,7 @@ class KeyViewSet(NodeViewSet):
     key_suffix = ""
 
     def _key(self) -> str:
+        validation.check_key_encoding(self.request.META)
         key = self.kwargs.get("key")
         if key is None:  # seed routes: ?key= on GET/DELETE, "key" in the body of POST /set
             if self.request.method in ("GET", "HEAD", "DELETE"):
