@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from cacheapi.api import views
+from cacheapi.api import metrics_view, views
 from cacheapi.settings import cluster_settings
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ urlpatterns = [
     *seed,
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics_view.metrics, name="prometheus-django-metrics"),
 ]
 
 if cluster_settings.BENCH_ROUTES:

@@ -355,3 +355,55 @@ def test_a_key_is_the_utf8_its_percent_encoding_spells(node, registry, api):
     assert r.json() == {"key": "été/%", "value": "summer", "ttl": None}
     latin1 = head("GET", "/api/v1/keys/%E9t%E9%2F%25", auth(registry))  # "été/%" in latin-1
     assert_envelope(exchange(node.port, latin1), 400, "invalid_key")
+
+
+# 6. Accept headers and methods --------------------------------------------------------------------
+
+
+ACCEPTS = [
+    ("text/html", 406, "application/json"),
+    ("image/png, text/*", 406, "application/json"),
+    ("application/json;q=0", 406, "application/json"),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", 200, "application/json"),
+    ("application/*", 200, "application/json"),
+    ("*/*", 200, "application/json"),
+    ("text/html, application/octet-stream", 200, "application/octet-stream"),
+]
+
+
+def test_a_key_get_answers_406_when_accept_admits_nothing_it_serves(node, api):
+    """... and JSON (or raw bytes) when it admits them, a browser's ``*/*;q=0.8`` included."""
+    api.put("accepted", 1)
+    for accept, status, content_type in ACCEPTS:
+        r = api.get("accepted", Accept=accept)
+        assert r.status_code == status, accept
+        assert r.headers["Content-Type"].startswith(content_type), accept
+        if status == 406:
+            assert r.json()["error"]["code"] == "not_acceptable"
+        elif content_type == "application/json":
+            assert r.json()["value"] == 1
+        else:
+            assert r.content == b"1"
+
+
+def test_the_schema_documents_406_on_every_operation(node):
+    schema = requests.get(f"{node.url}/api/schema/?format=json", timeout=10).json()
+    for path, item in schema["paths"].items():
+        if path == "/metrics":
+            continue
+        for method, operation in item.items():
+            assert "406" in operation["responses"], (method, path)
+    key_get = schema["paths"]["/api/v1/keys/{key}"]["get"]["responses"]["406"]
+    assert "octet-stream" in key_get["description"]
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/health"])
+def test_metrics_and_health_serve_get_and_head_and_answer_other_methods_405(node, path):
+    assert requests.get(f"{node.url}{path}", timeout=10).status_code == 200
+    r = requests.head(f"{node.url}{path}", timeout=10)
+    assert r.status_code == 200
+    assert r.content == b""
+    for method in ("TRACE", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
+        answer = exchange(node.port, head(method, path, {"Content-Length": "0"}))
+        assert_envelope(answer, 405, "method_not_allowed")
+        assert answer.headers["allow"] == "GET, HEAD", method

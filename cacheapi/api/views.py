@@ -337,6 +337,7 @@ class FlushViewSet(NodeViewSet):
 class HealthViewSet(NodeViewSet):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+    http_method_names = ["get", "head"]  # anything else (OPTIONS, TRACE...) is 405 with Allow
 
     def list(self, request: Request) -> Response:
         draining = node.is_draining()
