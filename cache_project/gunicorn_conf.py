@@ -9,7 +9,13 @@ import os
 
 bind = os.environ.get("CACHE_BIND", "127.0.0.1:8001")
 workers = 1
+# gunicorn's own workers, answering their own rejections as JSON (cache_project.workers).
+WORKER_CLASSES = {
+    "gevent": "cache_project.workers.GeventWorker",
+    "gthread": "cache_project.workers.ThreadWorker",
+}
 worker_class = os.environ.get("CACHE_WORKER_CLASS", "gevent")
+worker_class = WORKER_CLASSES.get(worker_class, worker_class)
 threads = int(os.environ.get("CACHE_THREADS", "4"))
 worker_connections = int(os.environ.get("CACHE_WORKER_CONNECTIONS", "1000"))
 keepalive = 30

@@ -407,3 +407,60 @@ def test_metrics_and_health_serve_get_and_head_and_answer_other_methods_405(node
         answer = exchange(node.port, head(method, path, {"Content-Length": "0"}))
         assert_envelope(answer, 405, "method_not_allowed")
         assert answer.headers["allow"] == "GET, HEAD", method
+
+
+# 7. What gunicorn rejects itself ------------------------------------------------------------------
+
+REJECTED = [
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (
+        b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+        + b"\r\n",
+        431,
+        "headers_too_large",
+    ),
+    (
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n",
+        431,
+        "headers_too_large",
+    ),
+    (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+    (b"G@T /health HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n", 400, "bad_request"),
+    (
+        b"PUT /set HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+        400,
+        "bad_request",
+    ),
+    (
+        b"PUT /set HTTP/1.1\r\nHost: x\r\nContent-Length: " + HUGE.encode() + b"\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    (
+        b"PUT /set HTTP/1.1\r\nHost: x\r\nExpect: 100-nope\r\nContent-Length: 0\r\n\r\n",
+        417,
+        "expectation_failed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), REJECTED)
+def test_what_gunicorn_rejects_is_the_json_envelope(node, request_bytes, status, code):
+    assert_envelope(exchange(node.port, request_bytes), status, code)
+
+
+@pytest.fixture
+def gthread_node(own_registry, tmp_path) -> Iterator[NodeProcess]:
+    proc = start(own_registry, tmp_path, "n1", "--worker-class", "gthread")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_a_gthread_node_rejects_with_the_json_envelope_too(gthread_node):
+    for request_bytes, status, code in REJECTED[:4]:
+        assert_envelope(exchange(gthread_node.port, request_bytes), status, code)
