@@ -1,14 +1,28 @@
-"""The gunicorn workers a node runs: gunicorn's own, answering as the API does.
+"""The gunicorn workers a node runs: gunicorn's own, hardened against idle and malformed clients.
 
 gunicorn answers what it rejects itself (a request line or headers too large, a malformed
 request) with an HTML page; these workers answer with the API's JSON error envelope instead.
-``gunicorn_conf`` selects them.
+
+The gevent worker also keeps a node reachable when clients hold many connections open:
+
+- it serves ``WORKER_CONNECTIONS`` client connections, plus ``PEER_CONNECTIONS`` kept for other
+  nodes: a connection accepted beyond the first number is served only for calls carrying the
+  cluster secret and for ``/health`` (the heartbeat's probe); anything else there gets 503;
+- a new connection must send a complete request head within ``HEADER_TIMEOUT`` seconds, or it
+  is closed (gunicorn's ``keepalive`` still bounds the wait for each later request);
+- while a request is served, any read or write on its connection that makes no progress for
+  ``BODY_TIMEOUT`` seconds fails (a stalled body is answered 408, ``cache_project.bodies``).
+
+``gunicorn_conf`` selects these classes and raises the open-files limit to fit the connections.
 """
 
 from __future__ import annotations
 
+import contextlib
+import resource
 from typing import Any
 
+import gevent
 from gunicorn import util
 from gunicorn.workers import ggevent, gthread
 
@@ -20,6 +34,7 @@ JSON_ERROR_CODES = {
     431: "headers_too_large",
     500: "internal_error",
     501: "not_implemented",
+    503: "overloaded",
 }
 
 
@@ -76,9 +91,104 @@ class JSONErrors:
             self.log.debug("Failed to send error message.")  # type: ignore[attr-defined]
 
 
+class _Connection:
+    __slots__ = ("requests", "reserved")
+
+    def __init__(self, reserved: bool) -> None:
+        self.reserved = reserved
+        self.requests = 0
+
+
 class GeventWorker(JSONErrors, ggevent.GeventWorker):
-    """gunicorn's gevent worker, with JSON errors."""
+    """gunicorn's gevent worker with room kept for peers and timeouts for idle clients."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: dict[Any, _Connection] = {}  # greenlet serving it -> its state
+        self.header_timeout = 5.0
+        self.body_timeout = 30.0
+        self.peer_connections = 0
+        self.refused = 0  # client requests refused on a peer slot
+
+    def run(self) -> None:
+        # The app is loaded (init_process) before run(), so Django's settings are readable.
+        from cacheapi.settings import cluster_settings
+
+        self.header_timeout = float(cluster_settings.HEADER_TIMEOUT)
+        self.body_timeout = float(cluster_settings.BODY_TIMEOUT)
+        self.peer_connections = int(cluster_settings.PEER_CONNECTIONS)
+        self.worker_connections = self.cfg.worker_connections + self.peer_connections
+        super().run()
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        current = gevent.getcurrent()
+        reserved = len(self.connections) >= self.cfg.worker_connections
+        self.connections[current] = _Connection(reserved)
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            del self.connections[current]
+
+    def timeout_ctx(self) -> Any:
+        """How long gunicorn waits for a request head: ``HEADER_TIMEOUT`` on a new connection,
+        ``keepalive`` between the requests of a kept-alive one."""
+        connection = self.connections.get(gevent.getcurrent())
+        if connection is not None and connection.requests == 0:
+            return gevent.Timeout(self.header_timeout, False)
+        return super().timeout_ctx()
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        connection = self.connections.get(gevent.getcurrent())
+        if connection is not None:
+            connection.requests += 1
+            if connection.reserved and not self._from_peer(req):
+                self._refuse(sock)
+                raise StopIteration()
+        sock.settimeout(self.body_timeout)
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            with contextlib.suppress(OSError):  # between requests, gunicorn's keepalive applies
+                sock.settimeout(None)
+
+    def _from_peer(self, req: Any) -> bool:
+        """A call from another node (the cluster secret) or a health probe."""
+        if req.path == "/health":
+            return True
+        from cacheapi.api.auth import secrets_match
+        from cacheapi.settings import cluster_settings
+
+        for name, value in req.headers:
+            if name == "X-CLUSTER-SECRET":
+                return secrets_match(value, cluster_settings.SECRET)
+        return False
+
+    def _refuse(self, sock: Any) -> None:
+        message = (
+            "this node is at its connection limit (WORKER_CONNECTIONS); "
+            "the connections left are kept for other nodes"
+        )
+        answer = json_error(503, "Service Unavailable", "overloaded", message, Retry_After="1")
+        with contextlib.suppress(OSError):
+            util.write_nonblock(sock, answer)
+        self.refused += 1
+        if self.refused % 1000 == 1:  # the first, then one line a thousand
+            self.log.warning(
+                "WORKER_CONNECTIONS reached: %d client requests refused on peer slots so far",
+                self.refused,
+            )
 
 
 class ThreadWorker(JSONErrors, gthread.ThreadWorker):
     """gunicorn's gthread worker, with JSON errors."""
+
+
+def raise_open_files_limit(needed: int) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to ``needed`` (at most the hard limit); its
+    workers inherit it. Returns the (soft, hard) limits now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft, hard

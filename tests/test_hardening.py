@@ -3,8 +3,14 @@ Every refusal is the API's JSON error envelope, and nothing is stored from a ref
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import resource
+import selectors
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.processes import NodeProcess, Registry
+from tests.processes import NodeProcess, Registry, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -313,6 +319,226 @@ def test_a_huge_integer_in_an_internal_call_or_a_hops_header_is_400(node, api):
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "invalid_request"
     assert api.get("huge").status_code == 404
+
+
+# 4. Idle and slow connections ---------------------------------------------------------------------
+
+
+def wait_closed(sock: socket.socket, deadline: float, trickle: bytes = b"") -> float | None:
+    """Poll until the node closes ``sock`` (EOF or reset), sending ``trickle`` one byte every
+    0.2 s meanwhile; returns when it closed (time.monotonic()), or None at the deadline."""
+    sock.setblocking(False)
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(timeout=0.2):
+                try:
+                    if not sock.recv(65536):
+                        return time.monotonic()
+                except ConnectionResetError:
+                    return time.monotonic()
+            elif trickle:
+                try:
+                    sock.send(trickle[:1])
+                except OSError:
+                    return time.monotonic()
+                trickle = trickle[1:]
+    return None
+
+
+def test_a_connection_that_sends_nothing_is_closed_within_the_header_timeout(node):
+    """HEADER_TIMEOUT is for a new connection's first request; between requests, gunicorn's
+    keep-alive (30 s) applies, which peers' pooled connections rely on."""
+    address = ("127.0.0.1", node.port)
+    with socket.create_connection(address) as idle, socket.create_connection(address) as kept:
+        opened = time.monotonic()
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(kept).status == 200
+        closed = wait_closed(idle, opened + HEADER_TIMEOUT + 3)
+        assert closed is not None, "the node kept an idle connection open"
+        assert HEADER_TIMEOUT - 0.5 <= closed - opened <= HEADER_TIMEOUT + 1.5
+        assert still_open([kept])  # idle as long, but it has served a request
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(kept).status == 200
+
+
+def test_a_request_head_that_trickles_in_is_closed_within_the_header_timeout(node):
+    slow = head("GET", "/health", {"X-Padding": "p" * 200})  # 0.2 s a byte: about 50 s in all
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        opened = time.monotonic()
+        closed = wait_closed(sock, opened + HEADER_TIMEOUT + 3, trickle=slow)
+    assert closed is not None, "the node waited on a request head sent a byte at a time"
+    assert closed - opened <= HEADER_TIMEOUT + 1.5
+
+
+def test_a_body_that_stalls_gets_408_within_the_body_timeout(node, registry, api):
+    headers = auth(
+        registry, **{"Content-Type": "application/octet-stream", "Content-Length": "100"}
+    )
+    with socket.create_connection(("127.0.0.1", node.port), timeout=BODY_TIMEOUT + 5) as sock:
+        sock.sendall(head("PUT", "/api/v1/keys/stalled", headers) + b"x" * 10)
+        started = time.monotonic()
+        answer = read_answer(sock)  # blocks until the node answers: it must not wait forever
+        waited = time.monotonic() - started
+    assert_envelope(answer, 408, "request_timeout")
+    assert BODY_TIMEOUT - 0.5 <= waited <= BODY_TIMEOUT + 2
+    assert api.get("stalled").status_code == 404
+
+
+def worker_pid(master_pid: int) -> int:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == master_pid:
+                    return int(entry.name)
+    raise LookupError(f"no worker under gunicorn master {master_pid}")
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.fixture
+def open_files_limit() -> Iterator[None]:
+    """This test process holds the idle connections: raise its own RLIMIT_NOFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = IDLE_CONNECTIONS + 1024
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"the hard open-files limit ({hard}) is below {needed}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@contextlib.contextmanager
+def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connected sockets that never send a byte; all closed on the way out."""
+    socks: list[socket.socket] = []
+    try:
+        with selectors.DefaultSelector() as sel:
+            for _ in range(count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.setblocking(False)
+                if sock.connect_ex(("127.0.0.1", port)) == errno.EINPROGRESS:
+                    sel.register(sock, selectors.EVENT_WRITE)
+            deadline = time.monotonic() + 60
+            while sel.get_map() and time.monotonic() < deadline:
+                for key, _ in sel.select(timeout=1):
+                    sel.unregister(key.fileobj)
+            assert not sel.get_map(), f"{len(sel.get_map())} connections never completed"
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in socks)
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def still_open(socks: list[socket.socket]) -> bool:
+    """None of ``socks`` has been closed by the node (a closed one reads as ready: EOF)."""
+    with selectors.DefaultSelector() as sel:
+        for sock in socks:
+            sel.register(sock, selectors.EVENT_READ)
+        return not sel.select(timeout=0)
+
+
+def timed(call: Any) -> tuple[float, requests.Response]:
+    started = time.perf_counter()
+    response = call()
+    return time.perf_counter() - started, response
+
+
+@pytest.fixture
+def patient_node(own_registry, tmp_path) -> Iterator[NodeProcess]:
+    """Default limits, but idle connections are kept (a long HEADER_TIMEOUT): the node must
+    serve while they are all held, not only once they time out."""
+    proc = start(own_registry, tmp_path, "n1", CACHE_HEADER_TIMEOUT="300")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_a_node_answers_within_1s_while_10000_idle_connections_are_held(
+    patient_node, own_registry, open_files_limit
+):
+    registry = own_registry
+    node = patient_node
+    keyed = {"X-API-Key": registry.api_key}
+    Api(node.url, registry.api_key).put("k", 42)
+    worker = worker_pid(node.proc.pid)
+    before = open_files(worker)
+    with idle_connections(node.port, IDLE_CONNECTIONS) as held:
+        # Accepted by the worker, not waiting in the listen backlog (give or take a few of the
+        # worker's own files, such as the connection of the PUT above, which come and go).
+        wait_for(lambda: open_files(worker) >= before + IDLE_CONNECTIONS - 20, timeout=60)
+        health = timed(lambda: requests.get(f"{node.url}/health", timeout=5))
+        key = timed(lambda: requests.get(f"{node.url}/api/v1/keys/k", headers=keyed, timeout=5))
+        peer = timed(
+            lambda: requests.post(
+                f"{node.url}/internal/v1/get",
+                data=b'{"key": "k"}',
+                headers={"X-Cluster-Secret": SECRET},
+                timeout=5,
+            )
+        )
+        assert still_open(held)
+    for seconds, response in (health, key, peer):
+        assert response.status_code == 200, response.text
+        assert seconds < 1.0, (response.url, seconds)
+    assert key[1].json()["value"] == 42
+    assert peer[1].content == b"42"
+
+
+@pytest.fixture
+def small_node(own_registry, tmp_path) -> Iterator[NodeProcess]:
+    proc = start(
+        own_registry,
+        tmp_path,
+        "n1",
+        CACHE_WORKER_CONNECTIONS="20",
+        CACHE_PEER_CONNECTIONS="8",
+        CACHE_HEADER_TIMEOUT="300",
+    )
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_connections_beyond_the_client_limit_are_kept_for_peers(small_node, own_registry):
+    registry = own_registry
+    node = small_node
+    keyed = {"X-API-Key": registry.api_key}
+    Api(node.url, registry.api_key).put("k", 7)
+    worker = worker_pid(node.proc.pid)
+    before = open_files(worker)
+    with idle_connections(node.port, 20):
+        wait_for(lambda: open_files(worker) >= before + 20 - 5, timeout=30)
+        client = timed(lambda: requests.get(f"{node.url}/api/v1/keys/k", headers=keyed, timeout=5))
+        peer = timed(
+            lambda: requests.post(
+                f"{node.url}/internal/v1/get",
+                data=b'{"key": "k"}',
+                headers={"X-Cluster-Secret": SECRET},
+                timeout=5,
+            )
+        )
+        health = timed(lambda: requests.get(f"{node.url}/health", timeout=5))
+    seconds, response = client
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "overloaded"
+    assert response.headers["Retry-After"] == "1"
+    assert seconds < 1.0
+    for seconds, response in (peer, health):
+        assert response.status_code == 200, response.text
+        assert seconds < 1.0
+    assert peer[1].content == b"7"
+    # Once the clients let go, clients are served again.
+    assert requests.get(f"{node.url}/api/v1/keys/k", headers=keyed, timeout=5).json()["value"] == 7
 
 
 # 5. Keys that are not UTF-8, or hold a newline ----------------------------------------------------
