@@ -8,11 +8,24 @@ cache that disagrees with the first. Anything asking for more (``--workers``, ``
 import os
 import signal
 
+from cache_project.workers import raise_open_files_limit
+
 bind = os.environ.get("CACHE_BIND", "127.0.0.1:8001")
 workers = 1
+# gunicorn's own workers, hardened (JSON errors; gevent: connection limits and timeouts).
+WORKER_CLASSES = {
+    "gevent": "cache_project.workers.GeventWorker",
+    "gthread": "cache_project.workers.ThreadWorker",
+}
 worker_class = os.environ.get("CACHE_WORKER_CLASS", "gevent")
+worker_class = WORKER_CLASSES.get(worker_class, worker_class)
 threads = int(os.environ.get("CACHE_THREADS", "4"))
-worker_connections = int(os.environ.get("CACHE_WORKER_CONNECTIONS", "1000"))
+# runnode passes the node's settings (cacheapi.settings) in CACHE_* variables: the master does
+# not load Django (nor asyncio, which must wait for the gevent worker to patch the process).
+worker_connections = int(os.environ.get("CACHE_WORKER_CONNECTIONS", "16384"))
+# Every connection is a file descriptor: room for the clients, the peers' slots, and the
+# node's own files and outgoing connections.
+OPEN_FILES_NEEDED = worker_connections + int(os.environ.get("CACHE_PEER_CONNECTIONS", "256")) + 1024
 keepalive = 30
 timeout = 60
 # Requests finish in milliseconds; what graceful shutdown would wait for is mostly idle
@@ -35,6 +48,15 @@ def on_starting(server):
         raise SystemExit(
             f"refusing to start a cache node with {server.cfg.workers} workers: the store lives "
             "in the worker process, so it must be exactly 1 (scale by adding nodes instead)"
+        )
+    soft, hard = raise_open_files_limit(OPEN_FILES_NEEDED)
+    if soft < OPEN_FILES_NEEDED:
+        server.log.warning(
+            "open files limit is %s (hard limit %s), below the %s that WORKER_CONNECTIONS and "
+            "PEER_CONNECTIONS need: raise the hard limit (ulimit -Hn) or lower them",
+            soft,
+            hard,
+            OPEN_FILES_NEEDED,
         )
 
 

@@ -25,6 +25,8 @@ from django.utils.module_loading import import_string
 # gunicorn's marker for "the app kept the connection" (its async workers honour it).
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
+from cache_project.bodies import RequestBodies
+
 INTERNAL_PREFIX = "/internal/"
 
 
@@ -148,6 +150,7 @@ def node_application(site: Callable[..., Any]) -> Callable[..., Any]:
         already_handled=ALREADY_HANDLED if sleep is not None else None, pause=sleep
     )
     app: Callable[..., Any] = NodeApp(ApiHandler(), site, internal, site_prefixes())
+    app = RequestBodies(app)  # bodies whole or refused, chunked ones included
     if sleep is not None:
         app = YieldAfterResponse(app, sleep)
     node.current().start()

@@ -142,6 +142,7 @@ SPECTACULAR_SETTINGS = {
     "PREPROCESSING_HOOKS": ["cacheapi.api.schema.preprocess_endpoints"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
+        "cacheapi.api.schema.add_not_acceptable",
         "cacheapi.api.schema.add_metrics",
     ],
     # PATCH /api/v1/keys/{key} needs its "ttl": no all-optional "Patched" body component.

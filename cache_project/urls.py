@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from cacheapi.api import views
+from cacheapi.api import metrics_view, views
 from cacheapi.settings import cluster_settings
 
 if TYPE_CHECKING:
@@ -30,9 +30,10 @@ batch_set = views.BatchViewSet.as_view({"post": "set_many"})
 batch_delete = views.BatchViewSet.as_view({"post": "delete_many"})
 health = views.HealthViewSet.as_view({"get": "list"})
 
+# (?s): a key with a newline reaches the view, which refuses it as invalid_key (not a 404).
 api_v1 = [
-    re_path(r"^keys/(?P<key>.+)/incr$", incr_view, name="key-incr"),
-    re_path(r"^keys/(?P<key>.+)$", key_view, name="key"),
+    re_path(r"^keys/(?P<key>(?s:.+))/incr$", incr_view, name="key-incr"),
+    re_path(r"^keys/(?P<key>(?s:.+))$", key_view, name="key"),
     path("batch/get", batch_get, name="batch-get"),
     path("batch/set", batch_set, name="batch-set"),
     path("batch/delete", batch_delete, name="batch-delete"),
@@ -58,7 +59,7 @@ urlpatterns = [
     *seed,
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics_view.metrics, name="prometheus-django-metrics"),
 ]
 
 if cluster_settings.BENCH_ROUTES:

@@ -50,6 +50,18 @@ class InvalidRequest(CacheError):
     code = "invalid_request"
 
 
+class IncompleteBody(CacheError):
+    """The connection ended before the body its request declared (or a chunked body) did."""
+
+    code = "incomplete_body"
+
+
+class RequestTimeout(CacheError):
+    """A body that stalled past the worker's BODY_TIMEOUT."""
+
+    code = "request_timeout"
+
+
 class Forbidden(CacheError):
     code = "forbidden"
 
@@ -139,12 +151,14 @@ STATUS: dict[str, int] = {
     "invalid_ttl": 400,
     "invalid_value": 400,
     "invalid_request": 400,
+    "incomplete_body": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
     "unknown_operation": 404,
     "method_not_allowed": 405,
     "not_acceptable": 406,
+    "request_timeout": 408,
     "not_integer": 409,
     "length_required": 411,
     "precondition_failed": 412,
@@ -158,6 +172,7 @@ STATUS: dict[str, int] = {
     "streams_unavailable": 501,
     "bad_gateway": 502,
     "unavailable": 503,
+    "overloaded": 503,
 }
 
 # The store knows nothing of codes; its errors get theirs here.

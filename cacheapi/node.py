@@ -160,11 +160,16 @@ def internal_app(
     return InternalApp(
         lambda: current().store,
         lambda: cluster_settings.SECRET,
-        # JSON text escaped inside strings can double a client's batch (cacheapi.peer.server).
-        max_body=lambda: 2 * cluster_settings.MAX_REQUEST_BYTES + (1 << 20),
+        max_body=internal_max_body,
         ring_version=lambda: current().ring.version,
         stats=lambda: current().stats(),
         observe=recorder.observe,
         already_handled=already_handled,
         pause=pause or (lambda seconds: None),
     )
+
+
+def internal_max_body() -> int:
+    """The largest body of an internal call: JSON text escaped inside strings can double a
+    client's batch (cacheapi.peer.server)."""
+    return 2 * cluster_settings.MAX_REQUEST_BYTES + (1 << 20)

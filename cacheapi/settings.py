@@ -46,7 +46,22 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "WORKER_CLASS": ("gevent", "gunicorn worker class of a node (gevent or gthread)."),
     "WORKERS": (1, "gunicorn workers; must be 1 (the store lives in the process)."),
     "THREADS": (4, "Threads per worker when WORKER_CLASS is gthread."),
-    "WORKER_CONNECTIONS": (1000, "Concurrent connections per gevent worker."),
+    "WORKER_CONNECTIONS": (
+        16384,
+        "Client connections a node holds at once (the open-files limit is raised to fit).",
+    ),
+    "PEER_CONNECTIONS": (
+        256,
+        "Connections kept beyond WORKER_CONNECTIONS for other nodes and /health (gevent).",
+    ),
+    "HEADER_TIMEOUT": (
+        5.0,
+        "Seconds a new connection has to send a whole request head, or it is closed (gevent).",
+    ),
+    "BODY_TIMEOUT": (
+        30.0,
+        "Seconds a request's connection may stall mid-body before it gets 408 (gevent).",
+    ),
     "BENCH_ROUTES": (False, "Serve the plain-Django ceiling views used by make bench."),
 }
 

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from cacheapi import errors, values
 from cacheapi.settings import cluster_settings
@@ -34,6 +35,31 @@ def validate_key(key: Any) -> str:
     except UnicodeEncodeError as exc:
         raise errors.InvalidKey("key is not valid UTF-8") from exc
     return key
+
+
+def check_key_encoding(meta: Mapping[str, Any]) -> None:
+    """Refuse a request whose key, as sent, is not UTF-8.
+
+    Django re-percent-encodes path bytes that are not UTF-8 (``/keys/%ff`` would name the
+    three-character key ``%FF``, the same key as ``/keys/%25FF``) and decodes a query with
+    U+FFFD, so both checks read the request as it arrived: gunicorn's ``RAW_URI`` (absent
+    under other servers, where only the query is checked) and the raw ``QUERY_STRING``."""
+    path = str(meta.get("RAW_URI") or "").split("?", 1)[0]
+    if not path.isascii() or "%" in path:
+        _utf8(path)
+    query = str(meta.get("QUERY_STRING") or "")
+    if not query.isascii() or "%" in query:
+        for part in query.split("&"):
+            name, _, text = part.partition("=")
+            if name == "key":
+                _utf8(text.replace("+", " "))
+
+
+def _utf8(text: str) -> None:
+    try:
+        unquote_to_bytes(text.encode("latin-1")).decode("utf-8")
+    except UnicodeError as exc:
+        raise errors.InvalidKey("key is not valid UTF-8 (percent-encode its UTF-8 bytes)") from exc
 
 
 def validate_ttl(ttl: Any) -> float | None:

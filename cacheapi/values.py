@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import math
+import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -35,7 +36,19 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+def _bounded_int(text: str) -> int:
+    """Python refuses to convert integers of more than ``sys.get_int_max_str_digits()`` digits
+    (4,300 by default) with a ValueError; a body holding one is bad input, not a crash."""
+    limit = sys.get_int_max_str_digits()
+    digits = len(text) - text.startswith("-")
+    if limit and digits > limit:
+        raise DecodeError(f"an integer of {digits} digits is longer than the {limit} allowed")
+    return int(text)
+
+
+_decoder = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int
+)
 
 
 # Maps every ASCII digit to "d" and every other byte to ".": a run of 19 "d" in the mapped text
@@ -70,7 +83,8 @@ def _exact_loads(data: bytes | str) -> Any:
 
 def dumps(value: Any) -> bytes:
     """Encode compactly with orjson; fall back to json where orjson stops (integers beyond 64
-    bits, nesting deeper than 255). Raises ValueError for a value nested too deeply for both."""
+    bits, nesting deeper than 255). Raises ValueError for a value nested too deeply for both, or
+    holding an integer too long to write out (over ``sys.get_int_max_str_digits()`` digits)."""
     try:
         return orjson.dumps(value)
     except TypeError:
@@ -78,6 +92,8 @@ def dumps(value: Any) -> bytes:
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
         except RecursionError as exc:
             raise ValueError("value is nested too deeply") from exc
+        except ValueError as exc:  # an integer beyond sys.get_int_max_str_digits()
+            raise ValueError(f"value cannot be encoded: {exc}") from exc
 
 
 def key_path(key: str) -> str:

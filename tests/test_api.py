@@ -1283,13 +1283,18 @@ def test_bad_input_on_an_octet_stream_get_is_still_json(api: Client) -> None:
     assert_error(r, 404, "not_found")
 
 
-def test_an_accept_we_cannot_produce_gets_json(api: Client) -> None:
+def test_an_accept_that_admits_nothing_we_produce_is_406(api: Client) -> None:
     seed("k", 1)
-    r = api.get(url("k"), headers={"Accept": "text/html"})
+    assert_error(api.get(url("k"), headers={"Accept": "text/html"}), 406, "not_acceptable")
+    assert_error(api.get("/health", headers={"Accept": "text/html"}), 406, "not_acceptable")
+    assert node.current().store.get("k") is not None
+    # A browser's Accept ends with */*: it gets JSON.
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    r = api.get(url("k"), headers={"Accept": browser})
     assert r.status_code == 200
     assert r["Content-Type"] == "application/json"
     assert r.json()["value"] == 1
-    assert api.get("/health", headers={"Accept": "text/html"}).json()["status"] == "ok"
+    assert api.get("/health", headers={"Accept": browser}).json()["status"] == "ok"
 
 
 def test_format_query_parameter_is_honoured_for_the_schema(api: Client) -> None:

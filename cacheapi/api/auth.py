@@ -157,7 +157,9 @@ class ApiKeyAuthentication(BaseAuthentication):
 
 
 class HasScope(BasePermission):
-    """The view names the scope each action needs in ``scopes`` (action -> scope)."""
+    """The view names the scope each action needs in ``scopes`` (action -> scope).
+
+    Keeps no state: one instance serves every request (``cacheapi.api.views``)."""
 
     message = "this API key lacks the scope this call needs"
 
@@ -172,6 +174,5 @@ class HasScope(BasePermission):
         if needed is None:
             return False
         if not principal.has_scope(needed):
-            self.message = f"this API key lacks the {needed!r} scope"
-            return False
+            raise exceptions.PermissionDenied(f"this API key lacks the {needed!r} scope")
         return True

@@ -1,16 +1,20 @@
 """Content negotiation that costs almost nothing on the hot path.
 
 DRF's default negotiation parses every Accept header into media types and scores them; a cache
-answers JSON unless raw bytes are asked for, so this checks for the two cases that matter.
-A type this resource cannot produce gets the first renderer (JSON) rather than 406: a health
-probe or a browser sending ``text/html`` is better served by JSON than by an error. DRF's
-``?format=`` override still goes through DRF's own negotiation.
+answers JSON unless raw bytes are asked for, so the common headers (none, ``*/*``, JSON first)
+are recognised without parsing. Any other header is parsed into the media ranges it admits
+(``q=0`` admits nothing): a type a renderer produces is chosen by name first, then through a
+wildcard (``*/*``, ``application/*``), in the renderers' order; a header that admits none of
+them is answered 406 ``not_acceptable``, as the OpenAPI schema says. A browser's
+``text/html,...,*/*;q=0.8`` therefore gets JSON. DRF's ``?format=`` override still goes
+through DRF's own negotiation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from rest_framework.exceptions import NotAcceptable
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
@@ -34,14 +38,37 @@ class FastNegotiation(DefaultContentNegotiation):
         first = renderers[0]
         if not accept or accept == "*/*" or _leads_with(accept, first.media_type):
             return first, first.media_type
-        wanted = {part.split(";", 1)[0].strip() for part in accept.split(",")}
+        admitted = admitted_ranges(accept)
         for renderer in renderers:
-            if renderer.media_type in wanted:
+            if renderer.media_type in admitted:
                 return renderer, renderer.media_type
-        return first, first.media_type
+        for renderer in renderers:
+            if "*/*" in admitted or renderer.media_type.split("/")[0] + "/*" in admitted:
+                return renderer, renderer.media_type
+        offered = ", ".join(r.media_type for r in renderers)
+        raise NotAcceptable(f"Accept admits none of the types this call answers with: {offered}")
+
+
+def admitted_ranges(accept: str) -> set[str]:
+    """The media ranges an Accept header admits (``type/subtype``, lower case), q=0 left out."""
+    admitted = set()
+    for part in accept.split(","):
+        media_range, *params = part.split(";")
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0  # a malformed weight admits nothing
+        if quality > 0:
+            admitted.add(media_range.strip().lower())
+    return admitted
 
 
 def _leads_with(accept: str, media_type: str) -> bool:
-    """``accept`` starts with exactly ``media_type`` (not a longer type such as ``...+json``)."""
+    """``accept`` starts with exactly ``media_type``, without parameters (a ``q`` might be 0),
+    and not a longer type such as ``...+json``."""
     rest = accept[len(media_type) : len(media_type) + 1]
-    return accept.startswith(media_type) and rest in ("", ";", ",", " ")
+    return accept.startswith(media_type) and rest in ("", ",", " ")

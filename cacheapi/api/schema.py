@@ -252,7 +252,7 @@ ERRORS = {
     403: "`forbidden`: the API key lacks the scope this call needs (or a client sent the "
     "peers-only `X-Forwarded-Hops`).",
     404: "`not_found`: no such key, or it has expired.",
-    406: "`not_acceptable`: `Accept` names neither JSON nor octet-stream.",
+    406: "`not_acceptable`: `Accept` admits neither JSON nor octet-stream nor `*/*`.",
     409: "`not_integer`: the value is not an integer, or the result leaves the 64-bit range.",
     412: "`precondition_failed`: `If-None-Match: *` and the key exists, or `If-Match` does not "
     "match the current version.",
@@ -708,6 +708,25 @@ def preprocess_endpoints(endpoints: list[tuple[str, str, str, Any]]) -> list[Any
         if action == "retrieve" and not _is_seed(callback):
             head = _variant(callback, actions={**actions, "head": action})
             result.append((path, path_regex, "HEAD", head))
+    return result
+
+
+NOT_ACCEPTABLE = "`not_acceptable`: `Accept` admits neither JSON nor `*/*`."
+
+
+def add_not_acceptable(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Every API operation negotiates (``cacheapi.api.negotiation``): 406 where none is listed."""
+    for item in result["paths"].values():
+        for method, operation in item.items():
+            answer: dict[str, Any]
+            if method == "head":
+                answer = {"description": f"{NOT_ACCEPTABLE} No body."}
+            else:
+                answer = {
+                    "description": NOT_ACCEPTABLE,
+                    "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }
+            operation["responses"].setdefault("406", answer)
     return result
 
 

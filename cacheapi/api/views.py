@@ -30,10 +30,36 @@ JSON = "application/json"
 _NOT_ERRORS = {404, 412}
 
 
+_shared: dict[tuple[type, ...], list[Any]] = {}
+
+
+def _instances(classes: Any) -> list[Any]:
+    """One instance of each class, made once per distinct list and shared: DRF builds new
+    parsers, renderers, authenticators and permissions for every request, but ours keep no
+    per-request state."""
+    key = tuple(classes)
+    found = _shared.get(key)
+    if found is None:
+        found = _shared[key] = [cls() for cls in key]
+    return found
+
+
 class NodeViewSet(viewsets.ViewSet):
     """Base of the API's viewsets: latency metrics and the ring version header."""
 
     scopes: dict[str, str] = {}
+
+    def get_renderers(self) -> list[Any]:
+        return _instances(self.renderer_classes)
+
+    def get_parsers(self) -> list[Any]:
+        return _instances(self.parser_classes)
+
+    def get_authenticators(self) -> list[Any]:
+        return _instances(self.authentication_classes)
+
+    def get_permissions(self) -> list[Any]:
+        return _instances(self.permission_classes)
 
     @property
     def default_response_headers(self) -> dict[str, str]:
@@ -103,6 +129,7 @@ class KeyViewSet(NodeViewSet):
     key_suffix = ""
 
     def _key(self) -> str:
+        validation.check_key_encoding(self.request.META)
         key = self.kwargs.get("key")
         if key is None:  # seed routes: ?key= on GET/DELETE, "key" in the body of POST /set
             if self.request.method in ("GET", "HEAD", "DELETE"):
@@ -252,6 +279,7 @@ class FlushViewSet(NodeViewSet):
 class HealthViewSet(NodeViewSet):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+    http_method_names = ["get", "head"]  # anything else (OPTIONS, TRACE...) is 405 with Allow
 
     def list(self, request: Request) -> Response:
         node = current()
