@@ -1395,3 +1395,81 @@ def test_cluster_nodes_with_the_registry_down_is_503(api: Client) -> None:
         r = api.get("/api/v1/cluster/nodes")
     message = assert_error(r, 503, "unavailable")
     assert "could not connect" not in message
+
+
+# -- the GET fast path ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drf_dispatches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths that went through DRF's full dispatch."""
+    from rest_framework.views import APIView
+
+    seen: list[str] = []
+    real = APIView.dispatch
+
+    def counting(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(request.path)
+        return real(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(APIView, "dispatch", counting)
+    return seen
+
+
+ANSWER_HEADERS = ("Content-Type", "ETag", "X-TTL", "X-Value-Type", "X-Version", "Vary")
+
+
+@pytest.mark.parametrize("key", ["plain", "bin", "a/b:c", "missing", "ключ"])
+def test_the_get_fast_path_answers_exactly_as_drf_does(make_key, drf_dispatches, key) -> None:
+    seed("plain", {"n": 12345678901234567890123, "s": "x"})
+    seed("bin", raw=b"\x00\xffraw")
+    seed("a/b:c", [1, 2])
+    seed("ключ", "значение")
+    client = Client(HTTP_X_API_KEY=make_key("read"))
+    fast = client.get(url(key))  # no Accept: the fast path
+    assert drf_dispatches == []
+    slow = client.get(url(key), HTTP_ACCEPT="application/json;q=1")  # DRF's dispatch
+    assert len(drf_dispatches) == 1
+    assert fast.status_code == slow.status_code
+    assert fast.content == slow.content
+    for name in ANSWER_HEADERS:
+        assert fast.get(name) == slow.get(name), name
+    assert fast["X-Ring-Version"] == slow["X-Ring-Version"]
+    hits = node.current().store.stats()["hits"]
+    assert hits == (0 if key == "missing" else 2)  # one store read per request
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"HTTP_X_API_KEY": ""}, 401),  # no API key
+        ({"HTTP_X_API_KEY": "nope.nope"}, 401),  # unknown key
+        ({"HTTP_ACCEPT": "text/html"}, 406),
+        ({"HTTP_ACCEPT": "application/octet-stream"}, 200),
+        ({"QUERY_STRING": "format=json"}, 200),
+    ],
+)
+def test_other_gets_go_through_drf(make_key, drf_dispatches, headers, status) -> None:
+    seed("k", 1)
+    extra = {"HTTP_X_API_KEY": make_key("read"), **headers}
+    r = Client().get(url("k"), **extra)
+    assert r.status_code == status
+    assert drf_dispatches == ["/api/v1/keys/k"]
+
+
+def test_a_key_without_the_read_scope_goes_through_drf_and_is_refused(
+    make_key, drf_dispatches
+) -> None:
+    seed("k", 1)
+    r = Client(HTTP_X_API_KEY=make_key("write")).get(url("k"))
+    assert r.status_code == 403
+    assert data(r)["error"]["code"] == "forbidden"
+    assert drf_dispatches == ["/api/v1/keys/k"]
+    assert node.current().store.stats()["hits"] == 0  # the refused read touched nothing
+
+
+def test_a_bad_key_goes_through_drf_and_is_refused(make_key, drf_dispatches) -> None:
+    r = Client(HTTP_X_API_KEY=make_key("read")).get("/api/v1/keys/a%20b")
+    assert r.status_code == 400
+    assert data(r)["error"]["code"] == "invalid_key"
+    assert len(drf_dispatches) == 1

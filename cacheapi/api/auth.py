@@ -100,9 +100,23 @@ def verify_key(raw: str) -> Principal | None:
     return principal
 
 
+def retire_stale_connections() -> None:
+    """Close database connections that are broken or past CONN_MAX_AGE, before a query.
+
+    The API's requests skip Django's request signals (``cache_project.serving.ApiHandler``),
+    whose receivers do this for every request; an API call needs it only before one of its
+    rare queries. Never inside a transaction, where closing would break it (tests run in one).
+    """
+    from django.db import close_old_connections, connection
+
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
 def _load_principal(raw: str) -> Principal | None:
     from cacheapi.models import ApiKey
 
+    retire_stale_connections()
     prefix, _, secret = raw.partition(".")
     if not prefix or not secret:
         return None

@@ -36,7 +36,7 @@ class FastNegotiation(DefaultContentNegotiation):
             return super().select_renderer(request, renderers, format_suffix)
         accept = request.META.get("HTTP_ACCEPT", "")
         first = renderers[0]
-        if not accept or accept == "*/*" or _leads_with(accept, first.media_type):
+        if not accept or accept == "*/*" or leads_with(accept, first.media_type):
             return first, first.media_type
         admitted = admitted_ranges(accept)
         for renderer in renderers:
@@ -67,7 +67,7 @@ def admitted_ranges(accept: str) -> set[str]:
     return admitted
 
 
-def _leads_with(accept: str, media_type: str) -> bool:
+def leads_with(accept: str, media_type: str) -> bool:
     """``accept`` starts with exactly ``media_type``, without parameters (a ``q`` might be 0),
     and not a longer type such as ``...+json``."""
     rest = accept[len(media_type) : len(media_type) + 1]
