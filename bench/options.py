@@ -55,9 +55,9 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> ar
     p.add_argument("--name", default="foundation", help="results file stem (foundation)")
     p.add_argument(
         "--only",
-        choices=["foundation", "cluster"],
+        choices=["foundation", "cluster", "memory"],
         default=None,
-        help="run only the foundation or only the cluster benchmark (default: both)",
+        help="run only the foundation, the cluster or the memory benchmark (default: all)",
     )
     p.add_argument(
         "--cluster-duration",
@@ -93,6 +93,18 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> ar
         default=3.0,
         help="cluster benchmark: seconds of each profiled load (3)",
     )
+    p.add_argument(
+        "--entries",
+        type=int,
+        default=None,
+        help="memory benchmark: entries per measurement (1000000; --quick: 100000)",
+    )
+    p.add_argument(
+        "--budget-mib",
+        type=int,
+        default=64,
+        help="memory benchmark: CACHE_MAX_BYTES of the node fed past its budget, MiB (64)",
+    )
     a = p.parse_args(argv)
     a.duration = a.duration if a.duration is not None else (1.0 if a.quick else 5.0)
     a.warmup = a.warmup if a.warmup is not None else (0.3 if a.quick else 1.0)
@@ -113,6 +125,8 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> ar
         p.error("need --cluster-duration > 0 and --client-duration > 0")
     if min(a.procs, a.conns, a.rounds) < 1 or a.duration <= 0 or a.warmup < 0:
         p.error("need --duration > 0, --warmup >= 0 and --procs, --conns, --rounds >= 1")
+    if (a.entries is not None and a.entries < 1000) or a.budget_mib < 1:
+        p.error("need --entries >= 1000 and --budget-mib >= 1")
     if a.keys < BATCH_KEYS:
         p.error(f"--keys must be at least {BATCH_KEYS}")
     return a

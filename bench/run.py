@@ -16,11 +16,14 @@ Items 1-5 take turns in ``--rounds`` rounds, so a burst of other work weighs on 
 
 Writes ``bench/results/foundation.md`` and ``bench/results/foundation.png``. Then the cluster
 benchmark (``bench/cluster.py``: smart client vs forwarding on 1, 2 and 3 nodes) writes
-``bench/results/cluster.md`` and ``cluster.png``.
+``bench/results/cluster.md`` and ``cluster.png``; then the memory benchmark (``bench/memory.py``:
+bytes per entry against Redis, and a node fed past its budget) writes ``memory.md`` and
+``memory.png``.
 
     .venv/bin/python bench/run.py                     # both (about 3 + 4 minutes)
     .venv/bin/python bench/run.py --only foundation   # the foundation benchmark only
     .venv/bin/python bench/run.py --only cluster      # the cluster benchmark only
+    .venv/bin/python bench/run.py --only memory       # the memory benchmark only
     .venv/bin/python bench/run.py --quick             # a smoke run of both (about 3 min)
 """
 
@@ -41,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cluster
+import memory
 import orjson
 import requests
 from dataset import BATCH_KEYS, batches, make_dataset
@@ -970,6 +974,10 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     if args.only in (None, "cluster"):
         rc = cluster.main(args, command)
+        if rc:
+            return rc
+    if args.only in (None, "memory"):
+        rc = memory.main(args, command)
     return rc
 
 

@@ -26,6 +26,7 @@ from nodes.membership import Membership
 from nodes.ring import Ring
 
 log = logging.getLogger(__name__)
+SWEEP_ROUNDS = 16  # most store sweeps in one tick of the sweeper
 
 
 class Node:
@@ -111,11 +112,24 @@ class Node:
     def _sweep_forever(self) -> None:
         while not self._stop.wait(cluster_settings.SWEEP_INTERVAL):
             try:
-                expired = self.store.sweep(cluster_settings.SWEEP_LIMIT)
+                expired = self.sweep_once(cluster_settings.SWEEP_LIMIT)
                 if expired:
                     log.debug("swept %d expired keys", expired)
             except Exception:  # the sweeper must outlive any one bad sweep
                 log.exception("expiry sweep failed")
+
+    def sweep_once(self, limit: int) -> int:
+        """One tick of active expiry, as Redis does it: sweep ``limit`` ring slots, and again
+        (at most ``SWEEP_ROUNDS`` times, yielding in between) while more than a quarter of a
+        round had expired, so a burst of expiries is reclaimed within a few ticks while a
+        quiet store costs one short sweep."""
+        total = 0
+        for _ in range(SWEEP_ROUNDS):
+            expired = self.store.sweep(limit)
+            total += expired
+            if 4 * expired <= limit or self._stop.wait(0):
+                break
+        return total
 
 
 _lock = threading.Lock()

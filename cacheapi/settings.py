@@ -21,7 +21,11 @@ MIB = 2**20
 DEFAULTS: dict[str, tuple[Any, str]] = {
     "NODE_NAME": ("n1", "This node's name in the registry and ring (runnode --name sets it)."),
     "NODE_URL": ("", "URL other nodes and clients use to reach this node (runnode sets it)."),
-    "MAX_BYTES": (256 * MIB, "Memory budget of the store: keys plus values, in bytes."),
+    "MAX_BYTES": (
+        256 * MIB,
+        "Memory budget of the store, in bytes: keys, values and 160 bytes of bookkeeping "
+        "per entry.",
+    ),
     "MAX_ITEMS": (1_000_000, "Most items the store holds (0 = bounded by bytes only)."),
     "DEFAULT_TTL": (None, "TTL in seconds when a write gives none (None = never expires)."),
     "MAX_TTL": (10 * 365 * 86400, "Largest TTL accepted, in seconds."),
@@ -30,7 +34,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "MAX_BATCH_KEYS": (1000, "Most keys in one batch call."),
     "MAX_REQUEST_BYTES": (64 * MIB, "Largest request body; larger ones get 413."),
     "SWEEP_INTERVAL": (1.0, "Seconds between active expiry sweeps."),
-    "SWEEP_LIMIT": (10_000, "Most expired keys one sweep removes (keeps the lock short)."),
+    "SWEEP_LIMIT": (
+        10_000,
+        "Entries one expiry sweep examines (keeps the lock short); a sweep repeats, up to 16 "
+        "rounds, while more than a quarter of those had expired.",
+    ),
     "TOMBSTONE_TTL": (60.0, "Seconds a versioned delete is remembered (stops resurrection)."),
     "REPLICAS": (1, "Owners per key the ring reports (copies to them come with replication)."),
     "VNODES": (160, "Ring points per unit of node weight."),

@@ -19,6 +19,8 @@ from urllib.parse import quote
 import orjson
 
 WIRE_KEYS = frozenset({"b64", "json"})
+# Larger objects come from the C allocator (malloc), not Python's small-object one.
+_SMALL_OBJECT = 512
 
 
 class DecodeError(ValueError):
@@ -108,7 +110,13 @@ def from_wire(value: Any) -> tuple[bytes, bool]:
         if not isinstance(text, str):
             raise ValueError('"b64" must be a base64 string')
         return b64decode(text, '"b64"'), True
-    return dumps(value), False
+    data = dumps(value)
+    if len(data) > _SMALL_OBJECT:
+        # orjson grows its output by reallocating and then shrinks it in place; a node that
+        # kept those buffers (or allocated around them) fragmented its heap to ~2x its budget
+        # under steady eviction. An exact copy, made while orjson's is freed, keeps it within.
+        data = bytes(memoryview(data))
+    return data, False
 
 
 def b64decode(text: str, what: str = "value") -> bytes:

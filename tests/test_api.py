@@ -18,7 +18,7 @@ from django.test import Client, override_settings
 
 from cacheapi import node
 from cacheapi.settings import cluster_settings
-from cacheapi.store import Entry
+from cacheapi.store import ENTRY_OVERHEAD, Entry
 from cacheapi.store.versions import format_version, parse_version
 from tests.clocks import FakeClock
 
@@ -706,7 +706,7 @@ def test_batch_of_exactly_the_limit(api: Client) -> None:
 
 
 def test_stats_fields(api: Client, clock: FakeClock) -> None:
-    put(api, "a", {"value": "xyz"})  # 1 + 5 bytes
+    put(api, "a", {"value": "xyz"})  # 1 + 5 bytes and the entry's bookkeeping
     put(api, "gone", {"value": 1, "ttl": 1})
     api.get(url("a"))
     api.get(url("nope"))
@@ -719,7 +719,7 @@ def test_stats_fields(api: Client, clock: FakeClock) -> None:
     assert stats["misses"] == 2
     assert stats["hit_ratio"] == round(1 / 3, 4)
     assert stats["items"] == 1
-    assert stats["bytes"] == len("a") + len('"xyz"')
+    assert stats["bytes"] == len("a") + len('"xyz"') + ENTRY_OVERHEAD
     assert stats["max_bytes"] == cluster_settings.MAX_BYTES
     assert stats["evictions"] == 0
     assert stats["expirations"] == 1
@@ -738,15 +738,16 @@ def test_stats_fields(api: Client, clock: FakeClock) -> None:
 
 def test_stats_count_evictions(make_client: Callable[..., Client]) -> None:
     api = make_client()
-    with override_settings(CACHE_CLUSTER={"MAX_BYTES": 100}):
+    entry = 2 + 32 + ENTRY_OVERHEAD  # key, value and bookkeeping
+    with override_settings(CACHE_CLUSTER={"MAX_BYTES": 2 * entry + 10}):
         node.reset()  # rebuild the store with the small budget
         for i in range(5):
-            put(api, f"k{i}", {"value": "x" * 30})  # 2 + 32 bytes each
+            put(api, f"k{i}", {"value": "x" * 30})
         stats = data(api.get("/api/v1/stats"))
-        assert stats["max_bytes"] == 100
+        assert stats["max_bytes"] == 2 * entry + 10
         assert stats["items"] == 2
         assert stats["evictions"] == 3
-        assert stats["bytes"] == 68
+        assert stats["bytes"] == 2 * entry
         assert set(contents()) == {"k3", "k4"}
     node.reset()
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from cacheapi.store import (
+    ENTRY_OVERHEAD,
     Entry,
     IntegerOverflow,
     NotInteger,
@@ -38,15 +39,22 @@ def wall() -> FakeClock:
 
 @pytest.fixture
 def store(clock: FakeClock, wall: FakeClock) -> Store:
-    return Store(clock=clock, hlc=HybridClock("n1", wall=wall), tombstone_ttl=60.0)
+    return Store(
+        clock=clock, hlc=HybridClock("n1", wall=wall), tombstone_ttl=60.0, entry_overhead=0
+    )
 
 
 def make_store(clock: FakeClock, **kwargs) -> Store:
+    """A store charging no per-entry overhead, so that tests can pin byte arithmetic
+    (``TestEntryOverhead`` covers the default)."""
+    kwargs.setdefault("entry_overhead", 0)
     return Store(clock=clock, hlc=HybridClock("n1", wall=FakeClock(WALL_START)), **kwargs)
 
 
 def size(key: str, value: bytes) -> int:
-    return len(key.encode("utf-8")) + len(value)
+    """What the store charges for an entry without overhead: a non-ASCII key counts twice."""
+    key_bytes = len(key.encode("utf-8"))
+    return (key_bytes if key.isascii() else 2 * key_bytes) + len(value)
 
 
 def counters(store: Store) -> dict[str, int]:
@@ -76,8 +84,8 @@ class TestVersionText:
         assert format_version(version) == text
 
     @given(
-        ms=st.integers(0, 10**18),
-        counter=st.integers(0, 10**18),
+        ms=st.integers(0, 2**63 - 1),
+        counter=st.integers(0, 2**32 - 1),
         node=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1),
     )
     def test_round_trip(self, ms: int, counter: int, node: str) -> None:
@@ -109,6 +117,18 @@ class TestVersionText:
     )
     def test_parse_refuses_malformed_text(self, text: str) -> None:
         with pytest.raises(ValueError, match="Invalid version"):
+            parse_version(text)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            f"{2**63}-0-n1",  # 19 digits, past a signed 64-bit integer
+            f"1-{2**32}-n1",  # a counter past 32 bits
+            "9999999999999999999-9999999999999999999-n1",
+        ],
+    )
+    def test_parse_refuses_numbers_a_record_cannot_hold(self, text: str) -> None:
+        with pytest.raises(ValueError, match="out of range"):
             parse_version(text)
 
     @pytest.mark.parametrize("value", [None, b"1-2-n1", 12])
@@ -183,6 +203,19 @@ class TestHybridClock:
 
 
 # Single-key operations.
+
+
+class TestHybridClockLimits:
+    def test_counter_rolls_over_into_the_next_millisecond(self, wall: FakeClock) -> None:
+        hlc = HybridClock("n1", wall=wall)
+        hlc.observe((WALL_MS, 2**32 - 1, "n2"))
+        assert hlc.now() == (WALL_MS + 1, 0, "n1")
+
+    def test_store_refuses_versions_out_of_range(self, store: Store) -> None:
+        for version in [(2**63, 0, "n2"), (1, 2**32, "n2"), (-1, 0, "n2")]:
+            with pytest.raises(ValueError, match="out of range"):
+                store.set("k", b"1", version=version)
+        assert store.peek("k") is None
 
 
 class TestGetSetPeek:
@@ -589,15 +622,114 @@ class TestSweep:
         assert store.sweep() == 1
         assert len(store) == 0
 
-    def test_heap_does_not_grow_with_overwrites(self, store: Store) -> None:
+    def test_overwrites_keep_one_ring_slot(self, store: Store) -> None:
         for i in range(5000):
             store.set("k", str(i).encode(), ttl=1 + i)
-        # White-box: the heap is rebuilt before it passes 2 * len + 1024 rows.
-        assert len(store._expiry_heap) <= 2 * len(store) + 1024
+        # White-box: a replaced entry keeps its slot in the eviction ring.
+        assert len(store._ring) == 1
         assert store.sweep() == 0
+
+    def test_bounded_sweeps_resume_and_cover_the_ring(self, store: Store, clock: FakeClock) -> None:
+        for i in range(10):
+            store.set(f"k{i}", b"1", ttl=1 if i % 2 else None)
+        clock.advance(2)
+        # Four slots at a time: 2, 2, then 1 of the odd keys, wherever the cursor wraps.
+        assert [store.sweep(limit=4) for _ in range(3)] == [2, 2, 1]
+        assert sorted(k for chunk in store.scan() for k, _ in chunk) == [
+            f"k{i}" for i in range(0, 10, 2)
+        ]
+        assert store.sweep(limit=100) == 0
+
+    def test_deletes_compact_the_ring(self, store: Store) -> None:
+        for i in range(5000):
+            store.set(f"k{i}", b"1")
+        for i in range(0, 5000, 5):  # keep every fifth key
+            for j in range(1, 5):
+                store.delete(f"k{i + j}")
+        # White-box: once free slots pass half the ring (and 1024), it is rebuilt.
+        assert len(store._ring) <= 2 * len(store) + 1024
+        assert len(store._free) <= len(store._ring) // 2 + 1024
+        kept = [f"k{i}" for i in range(0, 5000, 5)]
+        assert all(store.peek(k) is not None for k in kept)
+        assert len(store) == 1000
+        store.set("new", b"1")  # a slot after compaction is still right
+        store.delete("k0")
+        assert store.peek("new") is not None
+        assert store.peek("k5") is not None
 
 
 # LRU order and the two bounds.
+
+
+class TestEntryOverhead:
+    """By default an entry costs its key, its value and ``ENTRY_OVERHEAD`` bytes, so that
+    ``max_bytes`` bounds the memory a node uses even for tiny entries."""
+
+    def test_default_overhead_is_counted(self, clock: FakeClock) -> None:
+        store = Store(clock=clock)
+        store.set("k", b"12")
+        assert store.stats()["bytes"] == 3 + ENTRY_OVERHEAD
+        store.set("k", b"1234")  # a replacement adjusts by the value's change
+        assert store.stats()["bytes"] == 5 + ENTRY_OVERHEAD
+        store.delete("k")
+        assert store.stats()["bytes"] == 0
+
+    def test_overhead_bounds_the_number_of_tiny_entries(self, clock: FakeClock) -> None:
+        store = Store(clock=clock, max_bytes=100 * (ENTRY_OVERHEAD + 6))
+        for i in range(1000):
+            store.set(f"k{i:04d}", b"1")  # 5 + 1 + overhead each
+        assert len(store) == 100
+        assert store.stats()["evictions"] == 900
+        assert store.stats()["bytes"] <= store.max_bytes
+
+    def test_an_entry_larger_than_the_node_names_the_overhead(self, clock: FakeClock) -> None:
+        store = Store(clock=clock, max_bytes=ENTRY_OVERHEAD + 5, entry_overhead=ENTRY_OVERHEAD)
+        store.set("k", b"1234")  # 1 + 4 + overhead: fits exactly
+        with pytest.raises(ValueTooLarge, match=f"and {ENTRY_OVERHEAD} of bookkeeping"):
+            store.set("k", b"12345")
+        assert store.peek("k").value == b"1234"
+
+    @pytest.mark.parametrize("bad", [-1, True, 1.5, None])
+    def test_overhead_must_be_a_natural_number(self, bad: object) -> None:
+        with pytest.raises(ValueError, match="entry_overhead"):
+            Store(entry_overhead=bad)
+
+
+class TestClockEviction:
+    """Eviction approximates LRU with CLOCK: a read since the hand last passed spares an entry
+    once; with no reads, entries go in the order they were written."""
+
+    def test_a_read_entry_gets_a_second_chance_once(self, clock: FakeClock) -> None:
+        store = make_store(clock, max_items=3)
+        for key in "abc":
+            store.set(key, b"1")
+        store.get("a")
+        store.set("d", b"1")  # the hand clears a's bit and takes b
+        store.set("e", b"1")  # then c
+        assert sorted(k for chunk in store.scan() for k, _ in chunk) == ["a", "d", "e"]
+        store.set("f", b"1")  # a was not read again: it goes now
+        assert store.peek("a") is None
+
+    def test_a_hot_key_survives_a_stream_of_new_keys(self, clock: FakeClock) -> None:
+        store = make_store(clock, max_items=10)
+        for i in range(1000):
+            store.set(f"k{i}", b"1")
+            store.get("hot") if i else store.set("hot", b"1")
+        assert store.peek("hot") is not None
+        assert len(store) == 10
+        assert store.stats()["evictions"] == 991
+
+    def test_an_expired_entry_goes_before_a_referenced_one(self, clock: FakeClock) -> None:
+        store = make_store(clock, max_items=2)
+        store.set("a", b"1")
+        store.set("b", b"1", ttl=1)
+        store.get("a")
+        store.get("b")
+        clock.advance(1)
+        store.set("c", b"1")
+        assert store.peek("a") is not None
+        assert store.peek("b") is None
+        assert (store.stats()["evictions"], store.stats()["expirations"]) == (0, 1)
 
 
 class TestLru:
@@ -644,15 +776,23 @@ class TestLru:
 
     def test_bytes_bound_counts_keys(self, clock: FakeClock) -> None:
         store = make_store(clock, max_bytes=30)
-        store.set("ключ", b"12345")  # 8 bytes of key + 5
-        assert store.stats()["bytes"] == 13
-        store.set("k2", b"1" * 10)  # 12 -> 25
+        store.set("key1", b"12345")  # 4 bytes of key + 5
+        assert store.stats()["bytes"] == 9
+        store.set("k2", b"1" * 14)  # 16 -> 25
         store.set("k3", b"1" * 3)  # 5 -> 30: fits exactly
         assert store.stats()["evictions"] == 0
         store.set("k4", b"1")  # 3 -> 33: the oldest goes
-        assert store.peek("ключ") is None
-        assert store.stats()["bytes"] == 20
+        assert store.peek("key1") is None
+        assert store.stats()["bytes"] == 24
         assert store.stats()["evictions"] == 1
+
+    def test_a_non_ascii_key_counts_twice(self, clock: FakeClock) -> None:
+        # CPython keeps a UTF-8 copy inside such a str once it has been encoded.
+        store = make_store(clock, max_bytes=30)
+        store.set("ключ", b"12345")  # 8 bytes of UTF-8, charged 16, + 5
+        assert store.stats()["bytes"] == 21
+        store.delete("ключ")
+        assert store.stats()["bytes"] == 0
 
     def test_growing_a_value_evicts_others_not_itself(self, clock: FakeClock) -> None:
         store = make_store(clock, max_bytes=20)
@@ -823,7 +963,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.wall = FakeClock(WALL_START)
         hlc = HybridClock("n1", wall=self.wall)
-        self.store = Store(clock=self.clock, hlc=hlc, tombstone_ttl=TOMBSTONE_TTL)
+        self.store = Store(clock=self.clock, hlc=hlc, tombstone_ttl=TOMBSTONE_TTL, entry_overhead=0)
         self.model: dict[str, Entry] = {}
         self.tombstones: dict[str, tuple[Version, float]] = {}
         self.counts: Counter[str] = Counter()

@@ -4,6 +4,7 @@ No Django and no HTTP here: the store is plain Python, tested with an injected c
 """
 
 from cacheapi.store.lru import (
+    ENTRY_OVERHEAD,
     Entry,
     Hit,
     IntegerOverflow,
@@ -16,6 +17,7 @@ from cacheapi.store.lru import (
 from cacheapi.store.versions import HybridClock, Version, format_version, parse_version
 
 __all__ = [
+    "ENTRY_OVERHEAD",
     "Entry",
     "Hit",
     "HybridClock",

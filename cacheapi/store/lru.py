@@ -1,4 +1,4 @@
-"""The node's in-memory store: an LRU bounded by bytes and items, with per-key TTLs and versions.
+"""The node's in-memory store: bounded by bytes and items, with per-key TTLs and versions.
 
 Modelled on Django's locmem cache: one lock guards all state, public methods take it and the
 private helpers assume it is held. Values arrive already encoded (JSON text, or raw bytes when
@@ -6,26 +6,40 @@ private helpers assume it is held. Values arrive already encoded (JSON text, or 
 Every write gets a version from a hybrid logical clock (see ``versions.py``); replicated writes
 bring their own and lose to anything newer, and versioned deletes leave a tombstone for a while
 so that a late, older write cannot bring the key back.
+
+Memory comes first: an entry is one packed record (``records.py``) in a dict, and eviction is
+CLOCK, the LRU approximation memcached and Redis also make: each entry has a slot in a ring
+and a reference bit that a read or write sets; the hand clears set bits and evicts the first
+entry whose bit is clear (or that has expired). An ``OrderedDict`` gives exact LRU order but
+costs ~50 bytes more per entry; with no reads in between, CLOCK evicts in write order, and an
+entry read since the hand last passed is spared. Sizes count the key, the value and
+``entry_overhead`` bytes of bookkeeping, so ``max_bytes`` bounds the memory actually used.
 """
 
-import heapq
 import math
 import re
 import threading
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from cacheapi.store.versions import HybridClock, Version
+from cacheapi.store import records
+from cacheapi.store.records import NEVER, NodeNames
+from cacheapi.store.versions import HybridClock, Version, check_range
 
 # What incr accepts: JSON integer text as written by our encoder (no spaces, no floats).
 _INTEGER_RE = re.compile(rb"-?[0-9]+")
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _INT64_DIGITS = 19
-# Stale expiry-heap rows tolerated beyond 2 * len(store) before the heap is rebuilt.
-_HEAP_SLACK = 1024
+# Bookkeeping per entry beyond its key and value bytes, measured on CPython 3.11 (x86-64):
+# the key's str header (49), the record's bytes header (33) and header (27), allocator
+# rounding (~12), the dict slot (~30 at its usual fill) and the ring slot and bit (~9).
+ENTRY_OVERHEAD = 160
+# The ring is compacted once more than half of it (and more than this many slots) is free.
+_COMPACT_MIN = 1024
 
 
 class StoreError(Exception):
@@ -97,22 +111,27 @@ def _check_version(version: Version | None) -> None:
         and isinstance(version[2], str)
     ):
         raise TypeError(f"version must be a (ms, counter, node) tuple, not {version!r}.")
+    check_range(version)
 
 
-def _deadline(now: float, ttl: float | None) -> float | None:
-    return None if ttl is None else now + ttl
+def _deadline(now: float, ttl: float | None) -> float:
+    return NEVER if ttl is None else now + ttl
 
 
-def _expired(entry: Entry, now: float) -> bool:
-    return entry.expires_at is not None and now >= entry.expires_at
+def _key_cost(key: str) -> int:
+    """Bytes a key is charged: its UTF-8 length, twice for a non-ASCII key (CPython caches a
+    UTF-8 copy inside the str once a C encoder such as orjson has written it)."""
+    size = len(key.encode("utf-8"))
+    return size if key.isascii() else 2 * size
 
 
 class Store:
-    """Thread-safe LRU of encoded values, bounded by ``max_bytes`` and ``max_items``.
+    """Thread-safe cache of encoded values, bounded by ``max_bytes`` and ``max_items``.
 
     ``clock`` (``time.monotonic`` by default) measures TTLs, so wall-clock steps cannot
     expire everything at once; tests inject a fake one and move it. ``hlc`` makes versions;
-    when it is given, ``node`` is ignored. An entry's size is its UTF-8 key plus its value.
+    when it is given, ``node`` is ignored. An entry's size is its key (see ``_key_cost``), its
+    value and ``entry_overhead``.
     """
 
     def __init__(
@@ -124,50 +143,65 @@ class Store:
         clock: Callable[[], float] = time.monotonic,
         hlc: HybridClock | None = None,
         tombstone_ttl: float = 60.0,
+        entry_overhead: int = ENTRY_OVERHEAD,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive integer, not {max_bytes!r}.")
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0:
             raise ValueError(f"max_items must be 0 (unbounded) or more, not {max_items!r}.")
+        if isinstance(entry_overhead, bool) or not isinstance(entry_overhead, int):
+            raise ValueError(f"entry_overhead must be an integer, not {entry_overhead!r}.")
+        if entry_overhead < 0:
+            raise ValueError(f"entry_overhead must be 0 or more, not {entry_overhead!r}.")
         _check_ttl(tombstone_ttl)
         self.max_bytes = max_bytes
         self.max_items = max_items
+        self.entry_overhead = entry_overhead
         self.clock = clock
         self.hlc = hlc if hlc is not None else HybridClock(node)
         self.node = self.hlc.node
         self.tombstone_ttl = tombstone_ttl
         self._lock = threading.Lock()
-        self._data: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
+        self._data: dict[str, bytes] = {}  # key -> packed record, in first-write order
+        self._names = NodeNames()
+        # The CLOCK ring: the key in each slot (None: free), its reference bit, the free slots
+        # (most recently freed last, so a new key lands where the hand just evicted).
+        self._ring: list[str | None] = []
+        self._refs = bytearray()
+        self._free = array("L")
+        self._hand = 0
+        self._sweep_at = 0  # where the next sweep resumes in the ring
         # key -> (version, expires_at). Equal TTLs and a monotonic clock keep it in expiry order.
         self._tombstones: OrderedDict[str, tuple[Version, float]] = OrderedDict()
-        # (expires_at, key) for every entry with a TTL, plus stale rows that sweep skips.
-        self._expiry_heap: list[tuple[float, str]] = []
         self._bytes = 0
         self._hits = self._misses = self._sets = self._deletes = 0
         self._evictions = self._expirations = 0
 
     def get(self, key: str) -> Entry | None:
-        """The live entry, counted as a hit or miss and marked most recently used."""
+        """The live entry, counted as a hit or miss and marked recently used."""
         with self._lock:
-            return self._lookup(key, self.clock())
+            record = self._lookup(key, self.clock())
+            return None if record is None else self._entry(record)
 
     def read(self, key: str) -> Hit | None:
         """``get`` as a Hit: the value with the seconds it has left."""
         with self._lock:
             now = self.clock()
-            entry = self._lookup(key, now)
-        if entry is None:
-            return None
-        ttl = None if entry.expires_at is None else entry.expires_at - now
-        return Hit(entry.value, entry.binary, ttl, entry.version)
+            record = self._lookup(key, now)
+            if record is None:
+                return None
+            binary, expires_at, version = self._names.unpack(record)
+        ttl = None if expires_at == NEVER else expires_at - now
+        return Hit(records.value(record), binary, ttl, version)
 
     def peek(self, key: str) -> Entry | None:
-        """Like ``get`` but leaves no trace (no counters, no LRU move): for checks and migration."""
+        """Like ``get`` but leaves no trace (no counters, no reference bit): for checks and
+        migration."""
         with self._lock:
-            entry = self._data.get(key)
-            if entry is None or _expired(entry, self.clock()):
+            record = self._data.get(key)
+            if record is None or self.clock() >= records.deadline(record):
                 return None
-            return entry
+            return self._entry(record)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The live entries among ``keys``; each key counts as a hit or a miss."""
@@ -175,7 +209,7 @@ class Store:
         with self._lock:
             now = self.clock()
             found = {key: self._lookup(key, now) for key in keys}
-        return {key: entry for key, entry in found.items() if entry is not None}
+            return {key: self._entry(rec) for key, rec in found.items() if rec is not None}
 
     def remaining(self, entry: Entry) -> float | None:
         """Seconds ``entry`` has left (<= 0 once due), or None if it never expires."""
@@ -234,8 +268,8 @@ class Store:
         size = self._validate(key, value, ttl)
         with self._lock:
             now = self.clock()
-            entry = self._live(key, now)
-            if entry is None or entry.version != expected:
+            record = self._live(key, now)
+            if record is None or self._names.unpack(record)[2] != expected:
                 return None
             return self._set(key, value, binary, ttl, None, size, now)
 
@@ -249,21 +283,21 @@ class Store:
             raise TypeError(f"delta must be an int, not {type(delta).__name__}.")
         with self._lock:
             now = self.clock()
-            entry = self._live(key, now)
-            if entry is None:
+            record = self._live(key, now)
+            if record is None:
                 return None
-            if entry.binary or not _INTEGER_RE.fullmatch(entry.value):
+            binary, expires_at, _version = self._names.unpack(record)
+            current = records.value(record)
+            if binary or not _INTEGER_RE.fullmatch(current):
                 raise NotInteger(f"The value of {key!r} is not an integer.")
             # More digits than int64 has: refuse before int() meets a huge string.
-            if len(entry.value.lstrip(b"-").lstrip(b"0")) > _INT64_DIGITS:
+            if len(current.lstrip(b"-").lstrip(b"0")) > _INT64_DIGITS:
                 raise IntegerOverflow(f"The value of {key!r} is outside the 64-bit range.")
-            result = int(entry.value) + delta
+            result = int(current) + delta
             if not _INT64_MIN <= result <= _INT64_MAX:
                 raise IntegerOverflow(f"Incrementing {key!r} would leave the 64-bit range.")
-            value = str(result).encode()
-            size = self._validate(key, value, None)  # only a tiny max_bytes could refuse it
             version = self.hlc.now()
-            self._write(key, Entry(value, False, entry.expires_at, version), size, now)
+            self._write(key, str(result).encode(), False, expires_at, version, 0, now)
             self._sets += 1
             return result, version
 
@@ -275,11 +309,12 @@ class Store:
         _check_ttl(ttl)
         with self._lock:
             now = self.clock()
-            entry = self._live(key, now)
-            if entry is None:
+            record = self._live(key, now)
+            if record is None:
                 return False
-            new = replace(entry, expires_at=_deadline(now, ttl), version=self.hlc.now())
-            self._write(key, new, 0, now)
+            binary = self._names.unpack(record)[0]
+            value = records.value(record)
+            self._write(key, value, binary, _deadline(now, ttl), self.hlc.now(), 0, now)
             return True
 
     def delete(self, key: str, *, version: Version | None = None) -> bool:
@@ -304,9 +339,10 @@ class Store:
         """Drop every entry and tombstone; returns the number of entries. Counters stay."""
         with self._lock:
             removed = len(self._data)
-            self._data.clear()
+            self._data = {}
             self._tombstones.clear()
-            self._expiry_heap = []
+            self._ring, self._refs, self._free = [], bytearray(), array("L")
+            self._hand = self._sweep_at = 0
             self._bytes = 0
             return removed
 
@@ -325,33 +361,41 @@ class Store:
             for start in range(0, len(keys), chunk_size):
                 with self._lock:
                     now = self.clock()
-                    found = [(key, self._data.get(key)) for key in keys[start : start + chunk_size]]
-                chunk = [(k, e) for k, e in found if e is not None and not _expired(e, now)]
+                    chunk = []
+                    for key in keys[start : start + chunk_size]:
+                        record = self._data.get(key)
+                        if record is not None and now < records.deadline(record):
+                            chunk.append((key, self._entry(record)))
                 if chunk:
                     yield chunk
 
         return chunks()  # a nested generator, so a bad chunk_size fails at the call
 
     def sweep(self, limit: int | None = None) -> int:
-        """Remove up to ``limit`` expired entries (and as many expired tombstones).
+        """Remove expired entries from the next ``limit`` ring slots (every slot when None),
+        and expired tombstones; returns the number of entries expired.
 
         Lazy expiry alone would keep keys that are never read again; a periodic sweep frees
-        their memory. Only due heap rows are visited, so a sweep with nothing due is cheap.
-        Returns the number of entries expired.
+        their memory. Each sweep resumes where the last one stopped, so a bounded sweep keeps
+        the lock short and successive ones cover the whole store.
         """
         if limit is not None and (isinstance(limit, bool) or limit < 0):
             raise ValueError(f"limit must be None or 0 or more, not {limit!r}.")
         with self._lock:
             now = self.clock()
-            heap = self._expiry_heap
+            ring, data = self._ring, self._data
+            visits = len(ring) if limit is None else min(limit, len(ring))
             expired = 0
-            while heap and heap[0][0] <= now and (limit is None or expired < limit):
-                expires_at, key = heapq.heappop(heap)
-                entry = self._data.get(key)
-                # A row is stale if the key was deleted or rewritten since it was pushed.
-                if entry is not None and entry.expires_at == expires_at:
+            at = self._sweep_at
+            for _ in range(visits):
+                if at >= len(ring):
+                    at = 0
+                key = ring[at]
+                at += 1
+                if key is not None and now >= records.deadline(data[key]):
                     self._remove(key)
                     expired += 1
+            self._sweep_at = at
             self._expirations += expired
             dropped = 0
             while self._tombstones and (limit is None or dropped < limit):
@@ -360,6 +404,7 @@ class Store:
                     break
                 del self._tombstones[key]
                 dropped += 1
+            self._compact_if_sparse()
             return expired
 
     def stats(self) -> dict[str, int]:
@@ -392,7 +437,7 @@ class Store:
     ) -> int:
         """Check a write's arguments before anything changes; returns the entry's size.
 
-        Needs no lock: it reads only ``max_bytes``, which never changes.
+        Needs no lock: it reads only settings that never change.
         """
         if not isinstance(key, str):
             raise TypeError(f"key must be a str, not {type(key).__name__}.")
@@ -400,31 +445,40 @@ class Store:
             raise TypeError(f"value must be encoded bytes, not {type(value).__name__}.")
         _check_ttl(ttl)
         _check_version(version)
-        size = len(key.encode("utf-8")) + len(value)
+        if version is not None and not self._names.knows(version[2]):
+            raise ValueError(f"version {version!r} names one node too many.")
+        size = _key_cost(key) + len(value) + self.entry_overhead
         if size > self.max_bytes:
             raise ValueTooLarge(
-                f"The entry takes {size} bytes (key plus value); this node holds {self.max_bytes}."
+                f"The entry takes {size} bytes (key, value and {self.entry_overhead} of "
+                f"bookkeeping); this node holds {self.max_bytes}."
             )
         return size
 
-    def _live(self, key: str, now: float) -> Entry | None:
-        """The key's entry unless absent or expired; expires it lazily. Lock held."""
-        entry = self._data.get(key)
-        if entry is not None and _expired(entry, now):
+    def _entry(self, record: bytes) -> Entry:
+        binary, expires_at, version = self._names.unpack(record)
+        return Entry(
+            records.value(record), binary, None if expires_at == NEVER else expires_at, version
+        )
+
+    def _live(self, key: str, now: float) -> bytes | None:
+        """The key's record unless absent or expired; expires it lazily. Lock held."""
+        record = self._data.get(key)
+        if record is not None and now >= records.deadline(record):
             self._remove(key)
             self._expirations += 1
             return None
-        return entry
+        return record
 
-    def _lookup(self, key: str, now: float) -> Entry | None:
-        """``_live`` for reads: counts a hit or miss, marks the entry used. Lock held."""
-        entry = self._live(key, now)
-        if entry is None:
+    def _lookup(self, key: str, now: float) -> bytes | None:
+        """``_live`` for reads: counts a hit or miss, sets the reference bit. Lock held."""
+        record = self._live(key, now)
+        if record is None:
             self._misses += 1
             return None
         self._hits += 1
-        self._data.move_to_end(key)
-        return entry
+        self._refs[records.slot(record)] = 1
+        return record
 
     def _set(
         self,
@@ -441,40 +495,66 @@ class Store:
             version = self.hlc.now()
         else:
             self.hlc.observe(version)
-            entry = self._live(key, now)
-            if entry is not None and version <= entry.version:
+            record = self._live(key, now)
+            if record is not None and version <= self._names.unpack(record)[2]:
                 return None
             tombstone = self._tombstones.get(key)
             if tombstone is not None and now < tombstone[1] and version <= tombstone[0]:
                 return None
-        self._write(key, Entry(value, binary, _deadline(now, ttl), version), size, now)
+        self._write(key, value, binary, _deadline(now, ttl), version, size, now)
         self._sets += 1
         return version
 
-    def _write(self, key: str, entry: Entry, size: int, now: float) -> None:
-        """Put ``entry`` in as most recently used, then evict to fit. Lock held.
+    def _write(
+        self,
+        key: str,
+        value: bytes,
+        binary: bool,
+        expires_at: float,
+        version: Version,
+        size: int,
+        now: float,
+    ) -> None:
+        """Put the entry in, marked recently used, evicting others to fit. Lock held.
 
         ``size`` is only used for a new key; a replaced one adjusts by the value's change.
+        A new key makes room first, then takes the slot the hand freed last.
         """
         old = self._data.get(key)
-        self._data[key] = entry
         if old is None:
+            self._make_room(size, None, now)
+            at = self._take_slot(key)
+            self._data[key] = self._names.pack(value, binary, expires_at, version, at)
             self._bytes += size
         else:
-            self._data.move_to_end(key)
-            self._bytes += len(entry.value) - len(old.value)
-            # The old deadline's heap row still matches when the deadline is unchanged.
-        if entry.expires_at is not None and (old is None or old.expires_at != entry.expires_at):
-            self._schedule(entry.expires_at, key)
+            at = records.slot(old)
+            self._data[key] = self._names.pack(value, binary, expires_at, version, at)
+            self._refs[at] = 1
+            self._bytes += len(value) - records.value_size(old)
+            self._make_room(0, key, now)
         # Every write is newer than any tombstone (the clock observed it), so drop it.
         self._tombstones.pop(key, None)
-        self._evict(key, now)
 
-    def _remove(self, key: str) -> Entry:
-        """Take the key out and release its bytes; the caller counts why. Lock held."""
-        entry = self._data.pop(key)
-        self._bytes -= len(key.encode("utf-8")) + len(entry.value)
-        return entry
+    def _take_slot(self, key: str) -> int:
+        if self._free:
+            at = self._free.pop()
+            self._ring[at] = key
+            self._refs[at] = 0
+            return at
+        if len(self._ring) > records.MAX_SLOT:
+            raise ValueTooLarge("The store holds as many entries as it can index.")
+        self._ring.append(key)
+        self._refs.append(0)
+        return len(self._ring) - 1
+
+    def _remove(self, key: str) -> None:
+        """Take the key out and release its bytes and slot; the caller counts why. Lock held."""
+        record = self._data.pop(key)
+        at = records.slot(record)
+        self._ring[at] = None
+        self._refs[at] = 0
+        self._free.append(at)
+        self._bytes -= _key_cost(key) + records.value_size(record) + self.entry_overhead
 
     def _delete(self, key: str, version: Version | None, now: float) -> bool:
         """One delete, versioned or not, as ``delete`` describes. Lock held."""
@@ -484,35 +564,49 @@ class Store:
             if tombstone is None or now >= tombstone[1] or version > tombstone[0]:
                 self._tombstones[key] = (version, now + self.tombstone_ttl)
                 self._tombstones.move_to_end(key)
-        entry = self._live(key, now)
-        if entry is None or (version is not None and entry.version >= version):
+        record = self._live(key, now)
+        if record is None or (version is not None and self._names.unpack(record)[2] >= version):
             return False
         self._remove(key)
         self._deletes += 1
+        self._compact_if_sparse()
         return True
 
-    def _evict(self, keep: str, now: float) -> None:
-        """Drop least recently used entries until both bounds hold, sparing ``keep``. Lock held.
-
-        A victim that had already expired is counted as an expiration, not an eviction.
+    def _make_room(self, size: int, keep: str | None, now: float) -> None:
+        """Evict until ``size`` more bytes (and, for a new key, one more item) fit, sparing
+        ``keep``. Lock held. The hand clears reference bits as it passes and takes the first
+        entry whose bit was clear; an expired one goes whatever its bit, counted as an
+        expiration. ``_validate`` guarantees the entry fits alone, so this ends.
         """
-        data = self._data
-        while self._bytes > self.max_bytes or (self.max_items and len(data) > self.max_items):
-            victim = next(iter(data))
-            if victim == keep:  # only possible if it is alone, and then it fits
-                break
-            if _expired(self._remove(victim), now):
+        data, ring, refs = self._data, self._ring, self._refs
+        items = len(data) + (keep is None)
+        while self._bytes + size > self.max_bytes or (self.max_items and items > self.max_items):
+            at = self._hand
+            self._hand = at + 1 if at + 1 < len(ring) else 0
+            key = ring[at]
+            if key is None or key == keep:
+                continue
+            expired = now >= records.deadline(data[key])
+            if refs[at] and not expired:
+                refs[at] = 0
+                continue
+            self._remove(key)
+            items -= 1
+            if expired:
                 self._expirations += 1
             else:
                 self._evictions += 1
 
-    def _schedule(self, expires_at: float, key: str) -> None:
-        """Record a deadline for sweep; rebuild the heap if stale rows pile up. Lock held."""
-        heapq.heappush(self._expiry_heap, (expires_at, key))
-        if len(self._expiry_heap) > 2 * len(self._data) + _HEAP_SLACK:
-            self._expiry_heap = [
-                (entry.expires_at, k)
-                for k, entry in self._data.items()
-                if entry.expires_at is not None
-            ]
-            heapq.heapify(self._expiry_heap)
+    def _compact_if_sparse(self) -> None:
+        """Rebuild the ring without free slots once they are more than half of it, keeping the
+        order from the hand on, so eviction does not walk a ring of mostly empty slots. Lock
+        held; rewrites every record, which the many deletes before it pay for."""
+        ring = self._ring
+        if len(self._free) <= _COMPACT_MIN or 2 * len(self._free) <= len(ring):
+            return
+        order = [k for k in ring[self._hand :] + ring[: self._hand] if k is not None]
+        refs = bytearray(self._refs[records.slot(self._data[k])] for k in order)
+        for at, key in enumerate(order):
+            self._data[key] = records.with_slot(self._data[key], at)
+        self._ring, self._refs, self._free = list(order), refs, array("L")
+        self._hand = self._sweep_at = 0

@@ -21,6 +21,10 @@ _NODE_RE = re.compile(r"[!-~]+")
 # Canonical decimals: no sign, no leading zeros, at most 19 digits (absurd values are refused).
 _NUMBER = r"(0|[1-9][0-9]{0,18})"
 _VERSION_RE = re.compile(rf"{_NUMBER}-{_NUMBER}-([!-~]+)")
+# What a stored record can hold (``records.HEADER``): a signed 64-bit ms, an unsigned 32-bit
+# counter. The counter never gets near it from this clock: it rolls over into the next ms.
+MAX_MS = 2**63 - 1
+MAX_COUNTER = 2**32 - 1
 
 
 def _check_node(node: str) -> str:
@@ -51,9 +55,11 @@ class HybridClock:
         with self._lock:
             if wall_ms > self._ms:
                 self._ms, self._counter = wall_ms, 0
-            else:
+            elif self._counter < MAX_COUNTER:
                 # The wall clock stalled or went back: stay on the logical time and count.
                 self._counter += 1
+            else:
+                self._ms, self._counter = self._ms + 1, 0
             return (self._ms, self._counter, self.node)
 
     def observe(self, version: Version) -> None:
@@ -87,4 +93,16 @@ def parse_version(text: str) -> Version:
     match = _VERSION_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"Invalid version {text!r}: expected 'milliseconds-counter-node'.")
-    return (int(match[1]), int(match[2]), match[3])
+    version = (int(match[1]), int(match[2]), match[3])
+    check_range(version)
+    return version
+
+
+def check_range(version: Version) -> None:
+    """Refuse a well-formed version whose numbers do not fit a stored record."""
+    ms, counter, _node = version
+    if not (0 <= ms <= MAX_MS and 0 <= counter <= MAX_COUNTER):
+        raise ValueError(
+            f"Version {version!r} is out of range: milliseconds up to {MAX_MS}, "
+            f"counter up to {MAX_COUNTER}."
+        )
