@@ -29,6 +29,7 @@ from cacheapi import values
 from nodes.ring import Ring, RingNode
 
 DEFAULT: Any = object()  # "no ttl given": the cluster's default TTL applies
+MAX_BATCH_KEYS = 1000  # the nodes' default MAX_BATCH_KEYS: a batch part at most
 
 
 class CacheClientError(Exception):
@@ -87,7 +88,7 @@ class CacheClient:
         timeout: float = 5.0,
         pool_size: int = 16,
         ca_certs: str | None = None,
-        max_batch_keys: int = 1000,
+        max_batch_keys: int = MAX_BATCH_KEYS,
     ) -> None:
         """``max_batch_keys``: the nodes' ``MAX_BATCH_KEYS`` (the size of a batch part)."""
         if max_batch_keys < 1:
@@ -278,30 +279,17 @@ class CacheClient:
 
     # -- batches: parts of at most max_batch_keys, each to the node owning most of it --------
     def _parts(self, keys: list[str]) -> list[list[str]]:
-        """Keys ordered by owner, then cut at the limit: the fewest requests, and in each part
-        the fewest other owners for its coordinator to call."""
-        limit = self.max_batch_keys
-        if len(keys) <= limit:
+        if len(keys) <= self.max_batch_keys:  # one part: the ring is read later, per part
             return [keys] if keys else []
-        ordered = [k for group in self.ring.group_by_owner(keys).values() for k in group]
-        if not ordered:  # an empty ring: _coordinator says so for each part
-            ordered = keys
-        return [ordered[i : i + limit] for i in range(0, len(ordered), limit)]
+        return _batch_parts(self.ring, keys, self.max_batch_keys)
 
     def _coordinator(self, keys: Sequence[str], dead: Collection[str] = ()) -> RingNode | None:
-        """The live owner of most of ``keys`` (ties: the first name), ``dead`` left out; None
-        when only those are left. It serves its keys and calls the other owners itself."""
-        ring = self.ring
-        counts = {
-            name: len(group)
-            for name, group in ring.group_by_owner(keys).items()
-            if name not in dead
-        }
-        if not counts:
-            if not dead:
-                raise Unavailable("the ring has no live node")
-            return None
-        return ring.node(min(counts, key=lambda name: (-counts[name], name)))
+        """The part's coordinator (see ``_majority_owner``); None when only ``dead`` owners are
+        left."""
+        node = _majority_owner(self.ring, keys, dead)
+        if node is None and not dead:
+            raise Unavailable("the ring has no live node")
+        return node
 
     def _send_parts(
         self, keys: list[str], path: str, body: Callable[[list[str]], Any], *, repeatable: bool
@@ -391,6 +379,44 @@ class CacheClient:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)
+
+
+def batch_plan(
+    ring: Ring, keys: Sequence[str], max_batch_keys: int = MAX_BATCH_KEYS
+) -> list[tuple[RingNode, list[str]]]:
+    """Where ``CacheClient`` sends a batch of ``keys`` over ``ring`` when every node answers:
+    its parts, each with the node it goes to. For tools that must send exactly what the client
+    sends without a client of their own (``bench/cluster.py``)."""
+    keys = list(dict.fromkeys(keys))
+    plan = []
+    for part in _batch_parts(ring, keys, max_batch_keys):
+        node = _majority_owner(ring, part)
+        if node is None:
+            raise Unavailable("the ring has no live node")
+        plan.append((node, part))
+    return plan
+
+
+def _batch_parts(ring: Ring, keys: list[str], limit: int) -> list[list[str]]:
+    """Keys ordered by owner, then cut at the limit: the fewest requests, and in each part the
+    fewest other owners for its coordinator to call."""
+    if len(keys) <= limit:
+        return [keys] if keys else []
+    ordered = [k for group in ring.group_by_owner(keys).values() for k in group]
+    if not ordered:  # an empty ring: the coordinator of each part says so
+        ordered = keys
+    return [ordered[i : i + limit] for i in range(0, len(ordered), limit)]
+
+
+def _majority_owner(ring: Ring, keys: Sequence[str], dead: Collection[str] = ()) -> RingNode | None:
+    """The live owner of most of ``keys`` (ties: the first name), ``dead`` left out; None when
+    no other is left. It serves its keys and calls the other owners itself."""
+    counts = {
+        name: len(group) for name, group in ring.group_by_owner(keys).items() if name not in dead
+    }
+    if not counts:
+        return None
+    return ring.node(min(counts, key=lambda name: (-counts[name], name)))
 
 
 def _not_sent(exc: Exception) -> bool:

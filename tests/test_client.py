@@ -14,6 +14,7 @@ from cacheapi.client import (
     NotAnInteger,
     PermissionDenied,
     Unavailable,
+    batch_plan,
 )
 from tests.cluster import Cluster
 from tests.processes import Registry, manage, wait_for
@@ -414,3 +415,31 @@ def test_a_batch_part_is_retried_on_another_node_only_when_that_is_safe(scripted
                 assert [len(n.calls) for n in nodes] == [1, 1]
     finally:
         c.close()
+
+
+def test_batch_plan_names_the_nodes_the_client_sends_to(scripted):
+    """``batch_plan`` (what bench/cluster.py sends as the smart client) is the client's own
+    choice: as many parts, each to the node owning most of it."""
+    nodes = [scripted(name=f"s{i}") for i in (1, 2, 3)]
+    ring = [{"name": n.name, "url": n.url, "weight": 1, "status": "up"} for n in nodes]
+    for n in nodes:
+        n.ring = ring
+        n.answers["POST /api/v1/batch/get"] = (200, {"values": {}, "missing": [], "failed": []})
+    keys = [f"k{i}" for i in range(40)]
+    for limit in (1000, 7):
+        c = CacheClient([nodes[0].url], api_key="k", timeout=2, max_batch_keys=limit)
+        try:
+            for n in nodes:
+                n.calls.clear()
+            assert c.get_many(keys) == {}
+            plan = batch_plan(c.ring, keys, limit)
+        finally:
+            c.close()
+        assert sorted(k for _, part in plan for k in part) == sorted(keys)
+        assert len(plan) == -(-len(keys) // limit)
+        for node, part in plan:
+            counts = c.ring.group_by_owner(part)
+            assert len(counts[node.name]) == max(len(g) for g in counts.values())
+        assert [len(n.calls) for n in nodes] == [
+            sum(node.name == n.name for node, _ in plan) for n in nodes
+        ]
