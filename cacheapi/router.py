@@ -229,8 +229,8 @@ class Router:
 
     def get_many(self, keys: Sequence[str]) -> BatchGet:
         def here(group: list[str]) -> dict[str, Any]:
-            found = self.store.get_many(group)
-            return {k: values.to_wire(e.value, e.binary) for k, e in found.items()}
+            to_wire = values.to_wire
+            return {k: to_wire(v, b) for k, (v, b) in self.store.values_many(group).items()}
 
         results, failed = self._fan_out(
             "get_many", keys, here, lambda p, node, group: p.start_get_many(node, group)

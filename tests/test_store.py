@@ -19,6 +19,7 @@ from cacheapi.store import (
     Store,
     StoreError,
     ValueTooLarge,
+    records,
 )
 from cacheapi.store.versions import HybridClock, Version, format_version, parse_version
 from tests.clocks import FakeClock
@@ -469,6 +470,31 @@ class TestBatches:
             "deletes": 0,
             "expirations": 1,
         }
+
+    def test_values_many_matches_get_many(self, clock: FakeClock) -> None:
+        def filled() -> Store:
+            s = make_store(clock, max_items=4)
+            s.set("a", b"1")
+            s.set("b", b"2", ttl=1)
+            s.set("c", b"\x00", binary=True)
+            s.set("d", b"4")
+            return s
+
+        start = clock()
+        one, other = filled(), filled()
+        clock.advance(1)
+        keys = ["a", "b", "c", "x"]
+        entries = one.get_many(keys)
+        assert other.values_many(iter(keys)) == {k: (e.value, e.binary) for k, e in entries.items()}
+        assert other.values_many(keys) == {"a": (b"1", False), "c": (b"\x00", True)}
+        assert counters(one) == {"hits": 2, "misses": 2, "sets": 4, "deletes": 0, "expirations": 1}
+        assert counters(other)["hits"] == 4
+        assert counters(other)["misses"] == 4  # b (expired) and x, in both calls
+        # Both set the reference bits of what they found, and only those (white-box).
+        for s in (one, other):
+            bits = {k: s._refs[records.slot(s._data[k])] for k in ("a", "c", "d")}
+            assert bits == {"a": 1, "c": 1, "d": 0}
+        assert clock() == start + 1
 
     def test_set_many(self, store: Store, clock: FakeClock) -> None:
         versions = store.set_many(

@@ -62,7 +62,7 @@ from cacheapi.peer.wire import (
     hit_headers,
     secrets_match,
 )
-from cacheapi.store import Entry, Store, StoreError, format_version
+from cacheapi.store import Store, StoreError, format_version
 
 log = logging.getLogger(__name__)
 
@@ -399,9 +399,9 @@ class InternalApp:
         return 200, orjson.dumps({"value": value, "version": format_version(version)}), _JSON
 
     def _get_many(self, store: Store, body: Mapping[str, Any]) -> Answer:
-        found: dict[str, Entry] = store.get_many(_keys(body))
-        texts = {k: e.value.decode("utf-8") for k, e in found.items() if not e.binary}
-        blobs = {k: encode_value(e.value, True) for k, e in found.items() if e.binary}
+        found = store.values_many(_keys(body))
+        texts = {k: v.decode("utf-8") for k, (v, binary) in found.items() if not binary}
+        blobs = {k: encode_value(v, True) for k, (v, binary) in found.items() if binary}
         return _json({"values": texts, "binary": blobs})
 
     def _set_many(self, store: Store, body: Mapping[str, Any]) -> Answer:
