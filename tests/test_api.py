@@ -1474,3 +1474,78 @@ def test_a_bad_key_goes_through_drf_and_is_refused(make_key, drf_dispatches) -> 
     assert r.status_code == 400
     assert data(r)["error"]["code"] == "invalid_key"
     assert len(drf_dispatches) == 1
+
+
+# -- the batch get fast path ---------------------------------------------------------------------
+
+
+BATCH_BODIES = [
+    {"keys": ["plain", "bin", "missing", "ключ", "plain"]},  # a hit, binary, a miss, a repeat
+    {"keys": []},
+    {"keys": "plain"},  # not a list
+    {"keys": ["a b"]},  # a bad key
+    {"keys": [f"k{i}" for i in range(1001)]},  # over MAX_BATCH_KEYS
+    ["plain"],  # not an object
+    "{not json",
+    '{"keys": ["x"], "n": ' + "9" * 5000 + "}",  # an integer too long for Python
+]
+
+
+@pytest.mark.parametrize("body", BATCH_BODIES)
+def test_the_batch_get_fast_path_answers_exactly_as_drf_does(
+    make_key, drf_dispatches, body
+) -> None:
+    seed("plain", {"n": 12345678901234567890123, "s": "x"})
+    seed("bin", raw=b"\x00\xffraw")
+    seed("ключ", "значение")
+    text = body if isinstance(body, str) else json.dumps(body)
+    client = Client(HTTP_X_API_KEY=make_key("read"))
+    fast = client.post("/api/v1/batch/get", text, content_type=JSON)
+    assert drf_dispatches == []
+    slow = client.post(
+        "/api/v1/batch/get", text, content_type=JSON, HTTP_ACCEPT="application/json;q=1"
+    )
+    assert len(drf_dispatches) == 1
+    assert fast.status_code == slow.status_code
+    assert fast.content == slow.content
+    assert fast["Content-Type"] == slow["Content-Type"]
+    assert fast["X-Ring-Version"] == slow["X-Ring-Version"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "content_type", "status"),
+    [
+        ({"HTTP_X_API_KEY": ""}, JSON, 401),
+        ({"HTTP_ACCEPT": "text/html"}, JSON, 406),
+        ({}, "text/plain", 415),
+        ({"QUERY_STRING": "format=json"}, JSON, 200),
+    ],
+)
+def test_other_batch_gets_go_through_drf(
+    make_key, drf_dispatches, headers, content_type, status
+) -> None:
+    extra = {"HTTP_X_API_KEY": make_key("read"), **headers}
+    r = Client().post("/api/v1/batch/get", '{"keys": ["k"]}', content_type=content_type, **extra)
+    assert r.status_code == status
+    assert drf_dispatches == ["/api/v1/batch/get"]
+
+
+def test_a_batch_get_without_the_read_scope_is_refused_by_drf(make_key, drf_dispatches) -> None:
+    seed("k", 1)
+    r = Client(HTTP_X_API_KEY=make_key("write")).post(
+        "/api/v1/batch/get", '{"keys": ["k"]}', content_type=JSON
+    )
+    assert_error(r, 403, "forbidden")
+    assert drf_dispatches == ["/api/v1/batch/get"]
+    assert node.current().store.stats()["hits"] == 0
+
+
+def test_the_seed_batch_get_takes_the_fast_path_and_batch_set_does_not(
+    api: Client, drf_dispatches
+) -> None:
+    seed("k", 1)
+    r = api.post("/batch_get", '{"keys": ["k"]}', content_type=JSON)
+    assert data(r)["values"] == {"k": 1}
+    assert drf_dispatches == []
+    api.post("/api/v1/batch/set", '{"items": [{"key": "j", "value": 2}]}', content_type=JSON)
+    assert drf_dispatches == ["/api/v1/batch/set"]

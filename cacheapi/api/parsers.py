@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from rest_framework.parsers import BaseParser
 
@@ -11,7 +11,11 @@ from cacheapi import errors, values
 from cacheapi.settings import cluster_settings
 
 
-def read_capped(stream: IO[bytes], parser_context: Mapping[str, Any] | None) -> bytes:
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def read_capped(stream: Readable, parser_context: Mapping[str, Any] | None) -> bytes:
     """Read the body, refusing one larger than MAX_REQUEST_BYTES before buffering it all."""
     limit = cluster_settings.MAX_REQUEST_BYTES
     request = (parser_context or {}).get("request")
