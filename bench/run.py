@@ -20,11 +20,11 @@ benchmark (``bench/cluster.py``: smart client vs forwarding on 1, 2 and 3 nodes)
 bytes per entry against Redis, and a node fed past its budget) writes ``memory.md`` and
 ``memory.png``.
 
-    .venv/bin/python bench/run.py                     # both (about 3 + 4 minutes)
+    .venv/bin/python bench/run.py                     # all three (about 4 + 5 + 5 minutes)
     .venv/bin/python bench/run.py --only foundation   # the foundation benchmark only
     .venv/bin/python bench/run.py --only cluster      # the cluster benchmark only
     .venv/bin/python bench/run.py --only memory       # the memory benchmark only
-    .venv/bin/python bench/run.py --quick             # a smoke run of both (about 3 min)
+    .venv/bin/python bench/run.py --quick             # a smoke run of all three (about 5 min)
 """
 
 from __future__ import annotations
