@@ -687,6 +687,18 @@ class TestSweep:
 # LRU order and the two bounds.
 
 
+class TestIncrGrowth:
+    def test_incr_that_outgrows_the_store_is_refused_and_changes_nothing(
+        self, clock: FakeClock
+    ) -> None:
+        store = make_store(clock, max_bytes=2)  # "k" and one digit, exactly
+        store.set("k", b"9")
+        with pytest.raises(ValueTooLarge):
+            store.incr("k")  # "10" would not fit even alone
+        assert store.peek("k").value == b"9"
+        assert store.stats()["bytes"] == 2
+
+
 class TestEntryOverhead:
     """By default an entry costs its key, its value and ``ENTRY_OVERHEAD`` bytes, so that
     ``max_bytes`` bounds the memory a node uses even for tiny entries."""

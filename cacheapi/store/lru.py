@@ -320,8 +320,10 @@ class Store:
             result = int(current) + delta
             if not _INT64_MIN <= result <= _INT64_MAX:
                 raise IntegerOverflow(f"Incrementing {key!r} would leave the 64-bit range.")
+            value = str(result).encode()
+            size = self._validate(key, value, None)  # only a tiny max_bytes could refuse it
             version = self.hlc.now()
-            self._write(key, str(result).encode(), False, expires_at, version, 0, now)
+            self._write(key, value, False, expires_at, version, size, now)
             self._sets += 1
             return result, version
 
@@ -600,11 +602,17 @@ class Store:
         """Evict until ``size`` more bytes (and, for a new key, one more item) fit, sparing
         ``keep``. Lock held. The hand clears reference bits as it passes and takes the first
         entry whose bit was clear; an expired one goes whatever its bit, counted as an
-        expiration. ``_validate`` guarantees the entry fits alone, so this ends.
+        expiration. ``_validate`` guarantees the entry fits alone, so this ends: within two
+        turns of the hand (one to clear bits, one to evict), or it is a bug, raised rather
+        than spun on with the lock held.
         """
         data, ring, refs = self._data, self._ring, self._refs
         items = len(data) + (keep is None)
+        idle = 0
         while self._bytes + size > self.max_bytes or (self.max_items and items > self.max_items):
+            idle += 1
+            if idle > 2 * len(ring) + 1:
+                raise RuntimeError("the store cannot make room: an entry larger than max_bytes")
             at = self._hand
             self._hand = at + 1 if at + 1 < len(ring) else 0
             key = ring[at]
@@ -616,6 +624,7 @@ class Store:
                 continue
             self._remove(key)
             items -= 1
+            idle = 0
             if expired:
                 self._expirations += 1
             else:
