@@ -83,7 +83,18 @@ def test_runcluster_starts_three_nodes_and_stops_every_child(tmp_path, stop_sign
         assert "Log out" in r.text or "logout" in r.text
 
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 6  # three runnode/gunicorn masters and their workers
+        assert len(children) >= 7  # three runnode/gunicorn masters, their workers, a heartbeat
+        beats = [c for c in children if "heartbeat" in c.cmdline()]
+        assert len(beats) == 1
+
+        # The heartbeat records every node.
+        def every_node_heard() -> bool:
+            nodes = requests.get(
+                f"{urls[0]}/api/v1/cluster/nodes", headers={"X-API-Key": key}, timeout=5
+            ).json()["nodes"]
+            return len(nodes) == 3 and all(n["last_heartbeat"] for n in nodes)
+
+        wait_for(every_node_heard, timeout=30)
     finally:
         proc.send_signal(stop_signal)
         proc.wait(timeout=60)

@@ -1,7 +1,8 @@
 """``manage.py runcluster --nodes 3``: a whole local cluster from one command.
 
-Migrates the registry, starts N ``runnode`` children on consecutive free ports, prints the
-admin URL, an admin login and an API key (once), then waits. Ctrl-C or SIGTERM stops every
+Migrates the registry, starts N ``runnode`` children on consecutive free ports and, once they
+answer, a ``heartbeat`` child that marks a node that stops answering down; prints the admin
+URL, an admin login and an API key (once), then waits. Ctrl-C or SIGTERM stops every
 child; children also get SIGTERM if this process dies (PR_SET_PDEATHSIG), so none is orphaned.
 
 Each node runs in a session of its own, so a terminal's Ctrl-C (SIGINT to the whole foreground
@@ -86,6 +87,7 @@ class Command(BaseCommand):
         self._forget_other_nodes([f"n{i + 1}" for i in range(count)])
 
         children: list[subprocess.Popen[bytes]] = []
+        heartbeat: subprocess.Popen[bytes] | None = None
         stopping = False
         stop_signal = signal.SIGTERM  # what the nodes get; a Ctrl-C here passes on as SIGINT
 
@@ -101,6 +103,7 @@ class Command(BaseCommand):
             urls = [f"http://{host}:{p}" for p in ports]
             if not self._wait_healthy(urls, children, lambda: stopping):
                 return  # Ctrl-C during start-up: the finally below stops what started
+            heartbeat = self._spawn_heartbeat(env)
             self.stdout.write(self.style.SUCCESS(f"cluster of {count} nodes is up:"))
             for i, url in enumerate(urls):
                 self.stdout.write(f"  n{i + 1}  {url}")
@@ -118,10 +121,14 @@ class Command(BaseCommand):
                 dead = [c for c in children if c.poll() is not None]
                 if dead:
                     raise CommandError(f"a node exited with code {dead[0].returncode}")
+                if heartbeat.poll() is not None:
+                    raise CommandError(f"the heartbeat exited with code {heartbeat.returncode}")
                 time.sleep(0.2)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            # The heartbeat first: nodes stopping together must not be marked down one by one.
+            self._stop_all([heartbeat] if heartbeat is not None else [], signal.SIGTERM)
             self._stop_all(children, stop_signal)
             self.stdout.write("cluster stopped")
 
@@ -144,6 +151,16 @@ class Command(BaseCommand):
             cwd=Path(settings.BASE_DIR),
             env=env,
             start_new_session=True,  # out of the terminal's reach: see the module docstring
+            preexec_fn=_die_with_parent,
+        )
+
+    def _spawn_heartbeat(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """``manage.py heartbeat`` beside the nodes: it marks a node that stops answering down."""
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "heartbeat"],
+            cwd=Path(settings.BASE_DIR),
+            env=env,
+            start_new_session=True,
             preexec_fn=_die_with_parent,
         )
 
