@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ class Heartbeat:
         """Beat every ``interval`` seconds until ``stop`` is set; a round that fails on the
         registry is logged and the next one tries again."""
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 done = self.beat()
             except DatabaseError as exc:
@@ -157,7 +159,8 @@ class Heartbeat:
             else:
                 if on_round is not None:
                     on_round(done)
-            stop.wait(interval)
+            # Rounds start every ``interval`` (a slow round shortens the wait, never below 0).
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     def _answered(self, node: Node, probe: Probe, now: Any, done: Round) -> None:
         fields: dict[str, Any] = {"last_heartbeat": now, "consecutive_failures": 0}
