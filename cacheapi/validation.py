@@ -145,7 +145,12 @@ def validate_keys(keys: list[Any]) -> list[str]:
     keys joined (a bad character in any key is a bad character in the join), instead of a
     search and an encode per key. A batch that fails is checked key by key, for the message."""
     limit = cluster_settings.MAX_KEY_BYTES
-    if all(type(k) is str and 0 < len(k) <= limit for k in keys):
+    # Loops in C: every key a str (not a subclass), none empty, none over the limit in chars.
+    if (
+        keys
+        and set(map(type, keys)) == {str}
+        and 0 < min(map(len, keys)) <= max(map(len, keys)) <= limit
+    ):
         joined = "".join(keys)
         if not _BAD_KEY_CHARS.search(joined):
             try:

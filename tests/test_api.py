@@ -1549,3 +1549,14 @@ def test_the_seed_batch_get_takes_the_fast_path_and_batch_set_does_not(
     assert drf_dispatches == []
     api.post("/api/v1/batch/set", '{"items": [{"key": "j", "value": 2}]}', content_type=JSON)
     assert drf_dispatches == ["/api/v1/batch/set"]
+
+
+def test_a_batch_get_answers_in_the_order_asked(api: Client) -> None:
+    for key in ("a", "b", "c"):
+        seed(key, key)
+    seed("bin", raw=b"\x00")
+    keys = ["c", "nope", "bin", "a"]
+    body = data(api.post("/api/v1/batch/get", {"keys": keys}, content_type=JSON))
+    assert list(body["values"]) == ["c", "bin", "a"]  # not the order they were written
+    assert body["values"]["bin"] == {"b64": "AA=="}
+    assert body["missing"] == ["nope"]
