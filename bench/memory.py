@@ -21,13 +21,9 @@ Writes ``bench/results/memory.md`` and ``memory.png``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +31,9 @@ from pathlib import Path
 import orjson
 import psutil
 import requests
+from redis_cluster import private_redis
 from report import fmt, loadavg, machine_facts, machine_table, save_figure, shown, write_text
-from servers import Node, Registry, cleanup_on_exit, free_port
+from servers import Node, Registry, cleanup_on_exit, free_port, running_node
 
 MIB = 2**20
 KEY_WIDTH = 10  # "k" and nine digits, as in the issue that found the leak
@@ -125,18 +122,8 @@ def node_stats(node: Node, api_key: str) -> dict[str, int]:
     return r.json()
 
 
-@contextlib.contextmanager
-def node_with(registry: Registry, max_bytes: int) -> Iterator[Node]:
-    node = Node(registry, "n1", CACHE_MAX_BYTES=str(max_bytes))
-    try:
-        node.start().wait_ready()
-        yield node
-    finally:
-        node.stop()
-
-
 def node_per_entry(registry: Registry, entries: int, size: int, ttl: bool) -> float:
-    with node_with(registry, 64 * 2**30) as node:
+    with running_node(registry, CACHE_MAX_BYTES=str(64 * 2**30)) as node:
         feed_node(node, registry.api_key, "w", 1000, size, ttl)  # warm: code paths, buffers
         proc = worker(node)
         before = rss(proc)
@@ -147,47 +134,13 @@ def node_per_entry(registry: Registry, entries: int, size: int, ttl: bool) -> fl
         return (rss(proc) - before) / entries
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A private redis-server: loopback, a free port, nothing written to disk."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise FileNotFoundError("redis-server")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="cache-bench-redis-")
-    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    argv += ["--dir", workdir]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        import redis
-
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        client.close()
-        yield proc, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def redis_per_entry(entries: int, size: int, ttl: bool) -> tuple[float, float]:
     import redis
 
     value = json_value(size)
-    with redis_server() as (proc, port):
+    with private_redis() as start:
+        port = free_port()
+        proc = start(port)
         client = redis.Redis(port=port)
         ps = psutil.Process(proc.pid)
         _redis_feed(client, "w", 1000, value, ttl)
@@ -211,7 +164,7 @@ def _redis_feed(client: object, prefix: str, count: int, value: bytes, ttl: bool
 
 def budget_run(registry: Registry, budget: int, entries: int, size: int) -> Budget:
     sent = min(entries, 4 * budget // (KEY_WIDTH + size + 160))
-    with node_with(registry, budget) as node:
+    with running_node(registry, CACHE_MAX_BYTES=str(budget)) as node:
         feed_node(node, registry.api_key, "w", 100, size, False)
         proc = worker(node)
         before = rss(proc)

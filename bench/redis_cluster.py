@@ -9,11 +9,12 @@ keys as the cluster benchmark, and measured by the servers' CPU per batch, like 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,14 +53,17 @@ def _cpu(procs: Sequence[subprocess.Popen[bytes]]) -> float:
     return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs)
 
 
-def measure(keys: Sequence[str], batches: Sequence[Sequence[str]], seconds: float) -> Reference:
+@contextlib.contextmanager
+def private_redis() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Yields ``start(port, cluster=False)``, which starts a private ``redis-server`` on the
+    loopback port (no persistence, its files in a temp directory) and returns once it answers
+    PING; every server started is stopped, and the directory removed, on the way out."""
     import redis
-    from redis.cluster import RedisCluster
 
     workdir = tempfile.mkdtemp(prefix="cache-bench-redis-")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(port: int, cluster: bool) -> subprocess.Popen[bytes]:
+    def start(port: int, cluster: bool = False) -> subprocess.Popen[bytes]:
         argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
         argv += ["--appendonly", "no", "--dir", workdir]
         if cluster:
@@ -80,8 +84,26 @@ def measure(keys: Sequence[str], batches: Sequence[Sequence[str]], seconds: floa
                 time.sleep(0.05)
 
     try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(keys: Sequence[str], batches: Sequence[Sequence[str]], seconds: float) -> Reference:
+    import redis
+    from redis.cluster import RedisCluster
+
+    with private_redis() as start:
         one_port = free_port()
-        one = start(one_port, cluster=False)
+        one = start(one_port)
         ports = [free_port() for _ in range(3)]
         members = [start(p, cluster=True) for p in ports]
         subprocess.run(
@@ -136,13 +158,3 @@ def measure(keys: Sequence[str], batches: Sequence[Sequence[str]], seconds: floa
         cluster.close()
         single.close()
         return Reference(version, one_us, cluster_us, one_rate, cluster_rate)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)

@@ -13,8 +13,8 @@ bounded by the timeout), then writes, per node, in the registry:
 Status moves are conditional updates (``filter(pk=..., status=<what this round saw>)``) that
 bump the ring version in the same transaction, so several heartbeats may run at once: the
 second one to act on the same observation changes nothing, and none undoes another's move
-with a stale view. The probe and the clock are injectable (``prober``, ``wait``), so tests
-drive rounds without sockets or sleeps where they want to.
+with a stale view. The prober is injectable, so tests drive rounds without sockets where they
+want to.
 
 When the registry cannot be reached, a round is skipped and logged; nodes go on with their
 last ring (``nodes.membership``), and the heartbeat catches up when the database returns.
@@ -36,7 +36,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from cacheapi.peer.client import PeerClient
+from cacheapi.peer.client import PeerClient, Pending
 from nodes.models import Node
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,13 @@ class HttpProber:
             return []
         with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
             probes = list(pool.map(self._health, nodes))
-        return [self._with_stats(n, p) for n, p in zip(nodes, probes, strict=True)]
+        # Every stats call is sent before any answer is read, so they take one timeout in all.
+        calls = [
+            self._ask_stats(n) if p.alive else None for n, p in zip(nodes, probes, strict=True)
+        ]
+        return [
+            self._with_stats(n, p, call) for n, p, call in zip(nodes, probes, calls, strict=True)
+        ]
 
     def _health(self, node: Node) -> Probe:
         try:
@@ -98,12 +104,20 @@ class HttpProber:
             return Probe(alive=True, draining=True)
         return Probe(alive=False, error=f"/health answered {r.status}")
 
-    def _with_stats(self, node: Node, probe: Probe) -> Probe:
-        if not probe.alive:
+    def _ask_stats(self, node: Node) -> Pending[dict[str, Any]] | None:
+        try:
+            return self.peers.start_stats(node.ring_node())
+        except Exception as exc:  # stats are a bonus: a live node stays alive without them
+            log.info("stats of %s: %s", node.name, exc)
+            return None
+
+    @staticmethod
+    def _with_stats(node: Node, probe: Probe, call: Pending[dict[str, Any]] | None) -> Probe:
+        if call is None:
             return probe
         try:
-            stats = self.peers.start_stats(node.ring_node()).result()
-        except Exception as exc:  # stats are a bonus: a live node stays alive without them
+            stats = call.result()
+        except Exception as exc:  # as in _ask_stats
             log.info("stats of %s: %s", node.name, exc)
             return probe
         return Probe(alive=True, draining=probe.draining, stats=stats)

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +164,14 @@ class NodeProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self._log.close()
+
+
+@contextlib.contextmanager
+def running_node(registry: Registry, name: str, log_dir: Path, **env: str) -> Iterator[NodeProcess]:
+    """A started, healthy node, stopped on the way out (also when it fails to start)."""
+    proc = NodeProcess(registry, name, log_dir, **env)
+    try:
+        proc.start().wait_ready()
+        yield proc
+    finally:
+        proc.stop()

@@ -14,7 +14,15 @@ import pytest
 
 from nodes.heartbeat import Heartbeat, HttpProber, Probe
 from nodes.models import Node, RingVersion
-from tests.processes import ROOT, NodeProcess, Registry, free_port, wait_for
+from tests.processes import (
+    ROOT,
+    NodeProcess,
+    Registry,
+    free_port,
+    manage,
+    running_node,
+    wait_for,
+)
 
 Status = Node.Status
 SECRET = "heartbeat-test-secret"
@@ -167,12 +175,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 @pytest.fixture
 def live_node(registry: Registry, tmp_path: Path) -> Iterator[NodeProcess]:
-    proc = NodeProcess(registry, "n1", tmp_path)
-    try:
-        proc.start().wait_ready()
+    with running_node(registry, "n1", tmp_path) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_the_http_prober_sees_a_live_node_and_its_stats(live_node: NodeProcess) -> None:
@@ -264,13 +268,11 @@ def test_heartbeats_on_a_postgresql_registry_agree(tmp_path: Path) -> None:
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432 (user postgres)")
     with postgres_database() as url:
         registry = Registry(url, CACHE_SECRET=SECRET)
-        node = NodeProcess(registry, "live", tmp_path)
-        try:
-            node.start().wait_ready()
+        with running_node(registry, "live", tmp_path):
             dead = f"http://127.0.0.1:{free_port()}"
             before = _pg_version(url)
             add = f"from nodes.models import Node; Node.objects.create(name='dead', url='{dead}')"
-            _manage(registry, "shell", "-c", add)
+            manage(registry.env, "shell", "-c", add)
             for _ in range(3):  # K = 3 rounds, each run twice at once
                 runs = [
                     subprocess.Popen(
@@ -286,24 +288,9 @@ def test_heartbeats_on_a_postgresql_registry_agree(tmp_path: Path) -> None:
                 assert all(r.returncode == 0 for r in runs), outputs
             rows = _pg_rows(url)
             bumps = _pg_version(url) - before
-        finally:
-            node.stop()
     assert rows["dead"] == (Status.DOWN, 6)  # six misses counted
     assert rows["live"] == (Status.UP, 0)
     assert bumps == 2  # the dead node's row, then one move to down: no flapping
-
-
-def _manage(registry: Registry, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=registry.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def _pg_rows(url: str) -> dict[str, tuple[str, int]]:

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from tests.processes import NodeProcess, Registry
+from tests.processes import NodeProcess, Registry, running_node
 
 KEYS = 20_000
 ITEMS_PER_CALL = 1800  # ~256 KiB bodies: the creep grew with the body size
@@ -24,14 +24,9 @@ VALUE = "x" * 98
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NodeProcess]:
     registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}")
-    proc = NodeProcess(
-        registry, "n1", tmp_path, CACHE_MAX_BYTES=str(2**30), CACHE_MAX_BATCH_KEYS="2000"
-    )
-    try:
-        proc.start().wait_ready()
+    env = {"CACHE_MAX_BYTES": str(2**30), "CACHE_MAX_BATCH_KEYS": "2000"}
+    with running_node(registry, "n1", tmp_path, **env) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def worker_rss(node: NodeProcess) -> int:
