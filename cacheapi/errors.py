@@ -116,6 +116,12 @@ class Unavailable(CacheError):
     code = "unavailable"
 
 
+class RingBehind(Unavailable):
+    """This node's ring is older than the caller's: it cannot tell yet what the caller owns."""
+
+    code = "ring_behind"
+
+
 class BadGateway(CacheError):
     """Another node answered, but not as a node of this cluster should (wrong secret or
     version, a malformed answer, its own failure): never the caller's fault."""
@@ -172,6 +178,7 @@ STATUS: dict[str, int] = {
     "streams_unavailable": 501,
     "bad_gateway": 502,
     "unavailable": 503,
+    "ring_behind": 503,
     "overloaded": 503,
 }
 

@@ -52,6 +52,7 @@ class Node:
             ring=lambda: membership.ring,
             peers=peers,
             on_forward=recorder.forward,
+            failover_timeout=cluster_settings.FAILOVER_TIMEOUT,
         )
         self._stop = threading.Event()
 
@@ -176,6 +177,7 @@ def internal_app(
         lambda: cluster_settings.SECRET,
         max_body=internal_max_body,
         ring_version=lambda: current().ring.version,
+        ring=lambda: current().ring,
         stats=lambda: current().stats(),
         observe=recorder.observe,
         already_handled=already_handled,

@@ -1,10 +1,25 @@
 """The router: the coordinator between the API and the stores of the ring.
 
-The node that receives a request coordinates it. For each key the router asks the ring for its
-primary: this node serves it from its own store, any other is called over the peer protocol
-(``cacheapi.peer.client``), whose calls are leaves on the owner. Batches are grouped by primary
-and sent to those nodes in parallel; a node that fails costs only its own keys, which come back
-in ``failed``. Cluster-wide calls (stats, flush) go to every node the same way.
+The node that receives a request coordinates it. For each key the ring names its owners
+(``REPLICAS`` distinct nodes, primary first); this node serves its own part from its store and
+calls the others over the peer protocol (``cacheapi.peer.client``), whose calls are leaves on
+the owner.
+
+- **Writes** (set, delete, touch, batches) get one version stamped here (the store's hybrid
+  logical clock) and go to every owner in parallel, all sent before any answer is read. The
+  write is acknowledged once it reached at least one owner, and says how many (``copies``); a
+  write that reached none is ``Unavailable`` (503), never a success. Owners apply last write
+  wins on that version, deletes leave tombstones, so late or repeated copies change nothing.
+- **Atomic operations** (add, compare-and-set, incr) run on the primary (the first owner that
+  answers), which stamps the version; the coordinator then copies value, version and TTL left
+  to the other owners.
+- **Reads** go to the first owner that is ``up`` (a ``joining`` owner may still be filling
+  in, so it is read last). If that owner does not answer within ``failover_timeout`` (a
+  short wait: a frozen node must not cost every read the full forward timeout), the next owner
+  is read at once, without waiting for the heartbeat. A miss falls back to a draining node
+  that would own the key (it hands its keys off before it leaves).
+- Batches are grouped by owner and sent in parallel; a node that fails costs only its own keys,
+  which are retried on their next owner (reads) or come back in ``failed``.
 
 The router knows nothing of HTTP: outcomes are return values and the cache's own errors
 (``cacheapi.errors``): ``Unavailable`` (no live owner answered), ``NotFound``,
@@ -26,6 +41,15 @@ from nodes.ring import Ring, RingNode
 log = logging.getLogger(__name__)
 
 Item = tuple[str, bytes, bool, float | None]  # key, value, binary, ttl
+DEFAULT_FAILOVER_TIMEOUT = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """An acknowledged write: its version, and how many owners hold it."""
+
+    version: Version
+    copies: int
 
 
 @dataclass
@@ -49,6 +73,19 @@ class EveryNode:
     failed: list[str] = field(default_factory=list)
 
 
+def read_order(owners: list[RingNode]) -> list[RingNode]:
+    """Owners in the order reads try them: ``up`` ones first, ``joining`` ones last."""
+    if all(o.status != "joining" for o in owners):
+        return owners
+    return [o for o in owners if o.status != "joining"] + [
+        o for o in owners if o.status == "joining"
+    ]
+
+
+def _live(hit: Hit | None) -> Hit | None:
+    return None if hit is None or (hit.ttl is not None and hit.ttl <= 0) else hit
+
+
 class Router:
     def __init__(
         self,
@@ -58,12 +95,15 @@ class Router:
         ring: Callable[[], Ring],
         peers: PeerClient | None = None,
         on_forward: Callable[[str, str], None] | None = None,
+        failover_timeout: float = DEFAULT_FAILOVER_TIMEOUT,
     ) -> None:
         self.store = store
         self.node = node
         self._ring = ring
         self.peers = peers
         self._on_forward = on_forward or (lambda op, node: None)
+        self.failover_timeout = failover_timeout
+        self._with_draining: tuple[Ring, Ring] | None = None
 
     @property
     def ring(self) -> Ring:
@@ -78,45 +118,194 @@ class Router:
             return None
         return primary
 
+    def owners(self, key: str, ring: Ring | None = None) -> list[RingNode]:
+        """The key's owners, primary first; Unavailable if the ring has no live node."""
+        found = (ring or self.ring).owners(key)
+        if not found:
+            raise errors.Unavailable("the ring has no live node to own this key")
+        return found
+
     def _remote(self, op: str, node: RingNode) -> PeerClient:
         if self.peers is None:
             raise errors.Unavailable(f"node {node.name} owns this key and forwarding is off")
         self._on_forward(op, node.name)
         return self.peers
 
-    # Single keys.
+    # Reads.
     def get(self, key: str) -> Hit | None:
         """The live value with its TTL left and version, or None on a miss."""
-        node = self.owner(key)
-        hit = self.store.read(key) if node is None else self._remote("get", node).get(node, key)
-        if hit is None or (hit.ttl is not None and hit.ttl <= 0):
+        ring = self.ring
+        owners = read_order(self.owners(key, ring))
+        failure: errors.CacheError | None = None
+        for i, node in enumerate(owners):
+            last = i == len(owners) - 1
+            if node.name == self.node:
+                hit = self.store.read(key)
+            else:
+                try:
+                    timeout = None if last else self.failover_timeout
+                    hit = self._remote("get", node).get(node, key, timeout)
+                except (errors.Unavailable, errors.BadGateway) as exc:
+                    failure = failure or exc
+                    continue
+            if hit is None and not last and node.status == "joining":
+                continue  # it may not have the key yet
+            if hit is None:
+                return _live(self._read_draining(ring, key))
+            return _live(hit)
+        raise failure or errors.Unavailable(f"no owner of {key!r} answered")
+
+    def _draining_ring(self, ring: Ring) -> Ring | None:
+        """``ring`` with its draining nodes as members: who owned what before they left."""
+        if not any(n.status == "draining" for n in ring.nodes):
             return None
-        return hit
+        cached = self._with_draining
+        if cached is None or cached[0] is not ring:
+            nodes = [
+                RingNode(n.name, n.url, n.weight, "up") if n.status == "draining" else n
+                for n in ring.nodes
+            ]
+            cached = (ring, Ring(nodes, vnodes=ring.vnodes, replicas=ring.replicas))
+            self._with_draining = cached
+        return cached[1]
 
-    def set(self, key: str, value: bytes, binary: bool, ttl: float | None) -> Version:
-        node = self.owner(key)
-        if node is None:
-            version = self.store.set(key, value, binary=binary, ttl=ttl)
-        else:
-            version = self._remote("set", node).set(node, key, value, binary, ttl)
-        assert version is not None  # unconditional writes always apply
-        return version
+    def _read_draining(self, ring: Ring, key: str) -> Hit | None:
+        """A miss on the owners: ask the draining nodes that owned the key, which may not
+        have handed it off yet."""
+        before = self._draining_ring(ring)
+        if before is None:
+            return None
+        for node in before.owners(key):
+            if ring.node(node.name).status != "draining":  # type: ignore[union-attr]
+                continue
+            try:
+                hit = (
+                    self.store.read(key)
+                    if node.name == self.node
+                    else self._remote("get", node).get(node, key, self.failover_timeout)
+                )
+            except (errors.Unavailable, errors.BadGateway):
+                continue
+            if hit is not None:
+                return hit
+        return None
 
-    def add(self, key: str, value: bytes, binary: bool, ttl: float | None) -> Version:
+    # Writes: to every owner at once, with the coordinator's version.
+    def _replicate(
+        self,
+        op: str,
+        owners: Sequence[RingNode],
+        local_fn: Callable[[], Any],
+        remote_fn: Callable[[PeerClient, RingNode], Pending[Any]],
+    ) -> list[Any]:
+        """Run ``local_fn`` if this node is among ``owners`` and ``remote_fn`` on the others,
+        all sent before any answer is read; the answers of the owners that confirmed.
+        Unavailable (or the owners' own error) when none did."""
+        pending: list[Pending[Any]] = []
+        answers: list[Any] = []
+        failure: errors.CacheError | None = None
+        try:
+            mine = False
+            for node in owners:
+                if node.name == self.node:
+                    mine = True
+                    continue
+                try:
+                    pending.append(remote_fn(self._remote(op, node), node))
+                except errors.CacheError as exc:
+                    failure = failure or exc
+            if mine:
+                answers.append(local_fn())
+            while pending:
+                part = pending.pop(0)
+                try:
+                    answers.append(part.result())
+                except errors.CacheError as exc:
+                    log.warning("%s on %s failed: %s", op, part.node.name, exc)
+                    failure = failure or exc
+        finally:
+            for part in pending:
+                part.close()
+        if not answers:
+            if isinstance(failure, errors.Relayed | errors.BadGateway):
+                raise failure
+            raise errors.Unavailable(f"{op}: no owner could be written ({failure})")
+        return answers
+
+    def set(self, key: str, value: bytes, binary: bool, ttl: float | None) -> Written:
+        version = self.store.hlc.now()
+        return self._copy(self.owners(key), "set", key, value, binary, ttl, version)
+
+    def _copy(
+        self,
+        owners: Sequence[RingNode],
+        op: str,
+        key: str,
+        value: bytes,
+        binary: bool,
+        ttl: float | None,
+        version: Version,
+    ) -> Written:
+        answers = self._replicate(
+            op,
+            owners,
+            lambda: self.store.set(key, value, binary=binary, ttl=ttl, version=version),
+            lambda p, node: p.start_put(node, key, value, binary, ttl, version),
+        )
+        return Written(version, len(answers))
+
+    def _on_primary(
+        self, op: str, key: str, here: Callable[[], Any], there: Callable[[RingNode], Any]
+    ) -> tuple[Any, list[RingNode]]:
+        """Run an atomic operation on the first owner that answers (up ones first): its
+        result, and the other owners, to copy the outcome to."""
+        owners = read_order(self.owners(key))
+        failure: errors.CacheError | None = None
+        for i, node in enumerate(owners):
+            others = owners[:i] + owners[i + 1 :]
+            if node.name == self.node:
+                return here(), others
+            try:
+                return there(node), others
+            except errors.Unavailable as exc:
+                failure = failure or exc
+        raise failure or errors.Unavailable(f"{op}: no owner of {key!r} answered")
+
+    def _after_primary(
+        self,
+        others: Sequence[RingNode],
+        key: str,
+        value: bytes,
+        binary: bool,
+        ttl: float | None,
+        version: Version,
+    ) -> Written:
+        if not others:
+            return Written(version, 1)
+        try:
+            copied = self._copy(others, "copy", key, value, binary, ttl, version)
+        except errors.CacheError as exc:
+            log.warning("copying %r to the other owners failed: %s", key, exc)
+            return Written(version, 1)
+        return Written(version, 1 + copied.copies)
+
+    def add(self, key: str, value: bytes, binary: bool, ttl: float | None) -> Written:
         """Store only if absent; PreconditionFailed if the key exists."""
-        node = self.owner(key)
-        if node is None:
-            version = self.store.add(key, value, binary=binary, ttl=ttl)
-        else:
-            peers = self._remote("add", node)
-            version = peers.set(node, key, value, binary, ttl, if_absent=True)
+        version, others = self._on_primary(
+            "add",
+            key,
+            lambda: self.store.add(key, value, binary=binary, ttl=ttl),
+            lambda node: self._remote("add", node).set(
+                node, key, value, binary, ttl, if_absent=True
+            ),
+        )
         if version is None:
             raise errors.PreconditionFailed(f"key {key!r} already exists")
-        return version
+        return self._after_primary(others, key, value, binary, ttl, version)
 
     def cas(
         self, key: str, value: bytes, binary: bool, ttl: float | None, expected: Version | None
-    ) -> Version:
+    ) -> Written:
         """Replace only if the key still has version ``expected`` (None: whatever version it
         has now, i.e. only if it exists); PreconditionFailed otherwise."""
         if expected is None:
@@ -124,44 +313,61 @@ class Router:
             if current is None:
                 raise errors.PreconditionFailed(f"key {key!r} does not exist")
             expected = current.version
-        node = self.owner(key)
-        if node is None:
-            version = self.store.cas(key, value, expected, binary=binary, ttl=ttl)
-        else:
-            peers = self._remote("cas", node)
-            version = peers.set(node, key, value, binary, ttl, if_version=expected)
+        want = expected
+        version, others = self._on_primary(
+            "cas",
+            key,
+            lambda: self.store.cas(key, value, want, binary=binary, ttl=ttl),
+            lambda node: self._remote("cas", node).set(
+                node, key, value, binary, ttl, if_version=want
+            ),
+        )
         if version is None:
             raise errors.PreconditionFailed(f"key {key!r} is missing or has another version")
-        return version
+        return self._after_primary(others, key, value, binary, ttl, version)
 
-    def delete(self, key: str) -> None:
-        """Remove the key; NotFound if it was absent."""
-        node = self.owner(key)
-        if node is None:
-            deleted = self.store.delete(key)
-        else:
-            deleted = self._remote("delete", node).delete(node, key)
-        if not deleted:
+    def delete(self, key: str) -> int:
+        """Remove the key from every owner (a versioned tombstone on each); the copies that
+        confirmed. NotFound if no owner had it."""
+        version = self.store.hlc.now()
+        answers = self._replicate(
+            "delete",
+            self.owners(key),
+            lambda: self.store.delete(key, version=version),
+            lambda p, node: p.start_delete(node, key, version),
+        )
+        if not any(answers):
             raise errors.NotFound(f"no key {key!r}")
+        return len(answers)
 
-    def touch(self, key: str, ttl: float | None) -> None:
-        """Give the key a new TTL; NotFound if it is absent."""
-        node = self.owner(key)
-        if node is None:
-            touched = self.store.touch(key, ttl)
-        else:
-            touched = self._remote("touch", node).touch(node, key, ttl)
-        if not touched:
+    def touch(self, key: str, ttl: float | None) -> int:
+        """Give the key a new TTL on every owner; the copies that confirmed. NotFound if no
+        owner had it."""
+        version = self.store.hlc.now()
+        answers = self._replicate(
+            "touch",
+            self.owners(key),
+            lambda: self.store.touch(key, ttl, version=version),
+            lambda p, node: p.start_touch(node, key, ttl, version),
+        )
+        if not any(answers):
             raise errors.NotFound(f"no key {key!r}")
+        return len(answers)
 
-    def incr(self, key: str, delta: int) -> tuple[int, Version]:
-        """The new value and version; NotFound if absent, NotInteger if not an integer."""
-        node = self.owner(key)
+    def incr(self, key: str, delta: int) -> tuple[int, Written]:
+        """The new value and its write; NotFound if absent, NotInteger if not an integer."""
+
+        def here() -> tuple[int, Version, float | None] | None:
+            result = self.store.incr(key, delta)
+            if result is None:
+                return None
+            entry = self.store.peek(key)
+            return (*result, None if entry is None else self.store.remaining(entry))
+
         try:
-            if node is None:
-                result = self.store.incr(key, delta)
-            else:
-                result = self._remote("incr", node).incr(node, key, delta)
+            result, others = self._on_primary(
+                "incr", key, here, lambda node: self._remote("incr", node).incr(node, key, delta)
+            )
         except StoreError as exc:
             raise errors.from_store_error(exc) from exc
         except errors.Relayed as exc:
@@ -170,7 +376,11 @@ class Router:
             raise
         if result is None:
             raise errors.NotFound(f"no key {key!r}")
-        return result
+        value, version, ttl = result
+        if ttl is not None and ttl <= 0:
+            ttl = 0.001  # it expired just now; the copies expire with it
+        written = self._after_primary(others, key, str(value).encode(), False, ttl, version)
+        return value, written
 
     def sync_here(self, items: Iterable[SetItem]) -> tuple[int, int]:
         """Versioned writes into this node's own store (``POST /sync``, migration); an older
@@ -179,25 +389,22 @@ class Router:
         stored = sum(1 for v in applied if v is not None)
         return stored, len(applied) - stored
 
-    # Batches: grouped by primary, remote groups in parallel, local group meanwhile.
+    # Batches: grouped by owner, remote groups in parallel, local group meanwhile.
     def _fan_out(
         self,
         op: str,
-        keys: Iterable[str],
+        groups: dict[str, list[str]],
+        ring: Ring,
         local_fn: Callable[[list[str]], Any],
         remote_fn: Callable[[PeerClient, RingNode, list[str]], Pending[Any]],
+        timeout_for: Callable[[RingNode], float | None] = lambda node: None,
     ) -> tuple[list[tuple[list[str], Any]], list[str]]:
-        """Run ``local_fn`` on this node's keys and ``remote_fn`` per other owner.
+        """Run ``local_fn`` on this node's group and ``remote_fn`` on each other node's.
 
         Every remote part is sent before any answer is read, so the owners work in parallel
         (and in parallel with the local part) without a thread per part; each answer is read
         within its own timeout. Returns ([(keys, result)], failed keys)."""
-        ring = self.ring
-        keys = list(keys)
-        groups = ring.group_by_owner(keys)
-        if not groups:  # no live owner at all (every node down, draining or disabled)
-            log.warning("batch %s: the ring has no live node; %d keys failed", op, len(keys))
-            return [], keys
+        groups = dict(groups)
         mine = groups.pop(self.node, None)
         results: list[tuple[list[str], Any]] = []
         failed: list[str] = []
@@ -227,17 +434,44 @@ class Router:
                 part.close()
         return results, failed
 
+    def _by_owner(
+        self, ring: Ring, keys: Iterable[str], every: bool
+    ) -> tuple[dict[str, list[str]], dict[str, int]]:
+        """Keys grouped by every owner (``every``) or by their first reader; and how many
+        owners each key has."""
+        groups: dict[str, list[str]] = {}
+        owners: dict[str, int] = {}
+        for key in keys:
+            found = ring.owners(key)
+            owners[key] = len(found)
+            for node in found if every else read_order(found)[:1]:
+                groups.setdefault(node.name, []).append(key)
+        return groups, owners
+
     def get_many(self, keys: Sequence[str]) -> BatchGet:
+        ring = self.ring
+        if not len(ring):
+            log.warning("batch get_many: the ring has no live node; %d keys failed", len(keys))
+            return BatchGet(failed=list(keys))
         local: list[dict[str, Any]] = []
 
         def here(group: list[str]) -> dict[str, Any]:
             to_wire = values.to_wire
             local.append({k: to_wire(v, b) for k, (v, b) in self.store.values_many(group).items()})
-            return local[0]
+            return local[-1]
 
-        results, failed = self._fan_out(
-            "get_many", keys, here, lambda p, node, group: p.start_get_many(node, group)
-        )
+        def there(p: PeerClient, node: RingNode, group: list[str]) -> Pending[dict[str, Any]]:
+            return p.start_get_many(node, group, timeout_for(node))
+
+        def timeout_for(node: RingNode) -> float | None:
+            return self.failover_timeout if ring.replicas > 1 and len(ring) > 1 else None
+
+        plain = not any(n.status in ("joining", "draining") for n in ring.nodes)
+        if plain:
+            groups = ring.group_by_owner(keys)
+        else:
+            groups, _ = self._by_owner(ring, keys, every=False)
+        results, failed = self._fan_out("get_many", groups, ring, here, there, timeout_for)
         if len(results) == 1 and local and not failed and len(results[0][0]) == len(keys):
             # Every key was this node's: the store answered them in key order already.
             part = local[0]
@@ -245,6 +479,8 @@ class Router:
         found: dict[str, Any] = {}
         for _, part in results:
             found.update(part)
+        if failed or not plain:
+            failed = self._get_many_again(ring, keys, found, failed, plain, here)
         failed_set = set(failed)
         return BatchGet(
             values={k: found[k] for k in keys if k in found},
@@ -252,29 +488,120 @@ class Router:
             failed=failed,
         )
 
+    def _get_many_again(
+        self,
+        ring: Ring,
+        keys: Sequence[str],
+        found: dict[str, Any],
+        failed: list[str],
+        plain: bool,
+        here: Callable[[list[str]], dict[str, Any]],
+    ) -> list[str]:
+        """Second tries of a batch read: keys whose first reader failed go to their next
+        owner; misses on a joining reader, and (once) on draining owners, are asked again.
+        Fills ``found``; returns the keys no owner answered for."""
+        tried: dict[str, set[str]] = {}
+        for key in keys:
+            first = read_order(ring.owners(key))[:1]
+            tried[key] = {first[0].name} if first else set()
+        failed_set = set(failed)
+        retry = [k for k in keys if k not in found]
+        for _ in range(ring.replicas):
+            groups: dict[str, list[str]] = {}
+            for key in retry:
+                owners = read_order(ring.owners(key))
+                if key not in failed_set and not any(
+                    o.status == "joining" and o.name in tried[key] for o in owners
+                ):
+                    continue  # an up owner said it is missing: a miss
+                untried = [o for o in owners if o.name not in tried[key]]
+                if untried:
+                    tried[key].add(untried[0].name)
+                    groups.setdefault(untried[0].name, []).append(key)
+            if not groups:
+                break
+            results, again = self._fan_out(
+                "get_many",
+                groups,
+                ring,
+                here,
+                lambda p, node, group: p.start_get_many(node, group, self.failover_timeout),
+            )
+            for group, part in results:
+                found.update(part)
+                failed_set.difference_update(group)
+            failed_set.update(again)
+            retry = [k for k in retry if k not in found]
+        if not plain:
+            for key in [k for k in keys if k not in found and k not in failed_set]:
+                hit = self._read_draining(ring, key)
+                if hit is not None and _live(hit) is not None:
+                    found[key] = values.to_wire(hit.value, hit.binary)
+        return [k for k in keys if k in failed_set and k not in found]
+
     def set_many(self, items: Sequence[Item]) -> BatchResult:
         by_key = {item[0]: item for item in items}  # the last write of a key wins
+        version = self.store.hlc.now()
+        ring = self.ring
 
         def here(group: list[str]) -> int:
             stored = self.store.set_many(
-                (k, by_key[k][1], by_key[k][2], by_key[k][3], None) for k in group
+                (k, by_key[k][1], by_key[k][2], by_key[k][3], version) for k in group
             )
-            return sum(1 for v in stored if v is not None)
+            return len(stored)
 
         def there(peers: PeerClient, node: RingNode, group: list[str]) -> Pending[int]:
-            return peers.start_set_many(node, [by_key[k] for k in group])
+            return peers.start_set_many(node, [by_key[k] for k in group], version)
 
-        results, failed = self._fan_out("set_many", list(by_key), here, there)
-        return BatchResult(count=sum(n for _, n in results), failed=failed)
+        return self._write_many("set_many", ring, list(by_key), here, there)
+
+    def _write_many(
+        self,
+        op: str,
+        ring: Ring,
+        keys: list[str],
+        here: Callable[[list[str]], Any],
+        there: Callable[[PeerClient, RingNode, list[str]], Pending[Any]],
+    ) -> BatchResult:
+        """A batch write to every owner of each key: the keys that reached at least one
+        owner are counted, the others are ``failed``."""
+        if not len(ring):
+            log.warning("batch %s: the ring has no live node; %d keys failed", op, len(keys))
+            return BatchResult(failed=keys)
+        groups, _ = self._by_owner(ring, keys, every=True)
+        results, _failed = self._fan_out(op, groups, ring, here, there)
+        reached: set[str] = set()
+        for group, _answer in results:
+            reached.update(group)
+        return BatchResult(
+            count=len(reached), failed=[k for k in keys if k not in reached]
+        )
 
     def delete_many(self, keys: Sequence[str]) -> BatchResult:
-        results, failed = self._fan_out(
-            "delete_many",
-            keys,
-            self.store.delete_many,
-            lambda p, node, group: p.start_delete_many(node, group),
+        version = self.store.hlc.now()
+        ring = self.ring
+        removed: set[str] = set()
+
+        def here(group: list[str]) -> list[str]:
+            gone = [k for k in group if self.store.delete(k, version=version)]
+            removed.update(gone)
+            return gone
+
+        def there(peers: PeerClient, node: RingNode, group: list[str]) -> Pending[list[str]]:
+            return peers.start_delete_many(node, group, version)
+
+        keys = list(dict.fromkeys(keys))
+        if not len(ring):
+            return BatchResult(failed=keys)
+        groups, _ = self._by_owner(ring, keys, every=True)
+        results, _failed = self._fan_out("delete_many", groups, ring, here, there)
+        reached: set[str] = set()
+        for group, answer in results:
+            reached.update(group)
+            removed.update(answer)
+        return BatchResult(
+            count=len(removed), failed=[k for k in keys if k not in reached]
         )
-        return BatchResult(count=sum(n for _, n in results), failed=failed)
 
     # Cluster-wide calls.
     def on_every_node(

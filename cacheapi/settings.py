@@ -40,11 +40,15 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "rounds, while more than a quarter of those had expired.",
     ),
     "TOMBSTONE_TTL": (60.0, "Seconds a versioned delete is remembered (stops resurrection)."),
-    "REPLICAS": (1, "Owners per key the ring reports (copies to them come with replication)."),
+    "REPLICAS": (2, "Copies of each key, on distinct nodes (1 = no replication)."),
     "VNODES": (160, "Ring points per unit of node weight."),
     "SECRET": ("", "Cluster secret for node-to-node calls (default: derived from SECRET_KEY)."),
     "AUTH_CACHE_SECONDS": (5.0, "How long a verified API key is trusted without the database."),
     "FORWARD_TIMEOUT": (2.0, "Seconds a coordinator waits for another node."),
+    "FAILOVER_TIMEOUT": (
+        0.25,
+        "Seconds a read waits for an owner before it asks the next one (when there is one).",
+    ),
     "PEER_RETRY_SECONDS": (
         1.0,
         "After a node times out, calls to it fail at once for this long, then one tries again.",

@@ -112,7 +112,8 @@ def test_put_returns_key_and_version_and_get_returns_value(api: Client, clock: F
     r = put(api, "greeting", {"value": {"text": "hi", "n": [1, 2]}, "ttl": 60})
     assert r.status_code == 200
     body = data(r)
-    assert sorted(body) == ["key", "version"]
+    assert sorted(body) == ["copies", "key", "version"]
+    assert body["copies"] == 1 and r["X-Copies"] == "1"
     assert body["key"] == "greeting"
     assert VERSION_RE.fullmatch(body["version"])
     assert r["ETag"] == f'"{body["version"]}"'
@@ -176,14 +177,14 @@ def test_patch_touches_ttl(api: Client, clock: FakeClock) -> None:
     before = node.current().store.peek("k")
     r = api.patch(url("k"), {"ttl": 100}, content_type=JSON)
     assert r.status_code == 200
-    assert data(r) == {"key": "k", "ttl": 100.0}
+    assert data(r) == {"key": "k", "ttl": 100.0, "copies": 1}
     assert data(api.get(url("k")))["ttl"] == 100.0
     after = node.current().store.peek("k")
     assert after.value == before.value
     assert after.expires_at == clock.now + 100
 
     r = api.patch(url("k"), {"ttl": None}, content_type=JSON)
-    assert data(r) == {"key": "k", "ttl": None}
+    assert data(r) == {"key": "k", "ttl": None, "copies": 1}
     clock.advance(10_000)
     assert data(api.get(url("k"))) == {"key": "k", "value": "v", "ttl": None}
 
@@ -264,9 +265,9 @@ def test_incr_default_delta_and_negative(api: Client) -> None:
     put(api, "n", {"value": 10})
     r = api.post(url("n") + "/incr", "", content_type=JSON)  # no body at all: delta 1
     assert r.status_code == 200
-    assert data(r) == {"key": "n", "value": 11}
+    assert data(r) == {"key": "n", "value": 11, "copies": 1}
     r = api.post(url("n") + "/incr", {}, content_type=JSON)
-    assert data(r) == {"key": "n", "value": 12}
+    assert data(r) == {"key": "n", "value": 12, "copies": 1}
     r = api.post(url("n") + "/incr", {"delta": 8}, content_type=JSON)
     assert data(r) == {"key": "n", "value": 20}
     r = api.post(url("n") + "/incr", {"delta": -25}, content_type=JSON)
@@ -427,6 +428,7 @@ def test_key_with_slash(api: Client) -> None:
     assert data(api.post("/api/v1/keys/a/b/c/incr", {}, content_type=JSON)) == {
         "key": "a/b/c",
         "value": 2,
+        "copies": 1,
     }
     assert api.delete("/api/v1/keys/a/b").status_code == 204
     assert set(contents()) == {"a/b/c"}
@@ -441,12 +443,16 @@ def test_key_ending_in_incr(api: Client, clock: FakeClock) -> None:
     assert api.head("/api/v1/keys/x/incr").status_code == 200
 
     put(api, "x", {"value": 41})
-    assert data(api.post("/api/v1/keys/x/incr", {}, content_type=JSON)) == {"key": "x", "value": 42}
+    assert data(api.post("/api/v1/keys/x/incr", {}, content_type=JSON)) == {
+        "key": "x",
+        "value": 42,
+        "copies": 1,
+    }
     assert stored("x") == 42
     assert stored("x/incr") == "suffix"
 
     r = api.patch("/api/v1/keys/x/incr", {"ttl": 50}, content_type=JSON)
-    assert data(r) == {"key": "x/incr", "ttl": 50.0}
+    assert data(r) == {"key": "x/incr", "ttl": 50.0, "copies": 1}
     assert node.current().store.remaining(node.current().store.peek("x/incr")) == 50.0
     assert node.current().store.peek("x").expires_at is None
 
@@ -927,7 +933,7 @@ def test_seed_and_rest_routes_answer_alike(api: Client, clock: FakeClock, spelli
     r = spelling.set(api, "a/b", {"value": {"v": [1, "ü"]}, "ttl": 10})
     assert r.status_code == 200
     version = data(r)["version"]
-    assert data(r) == {"key": "a/b", "version": version}
+    assert data(r) == {"key": "a/b", "version": version, "copies": 1}
     assert r["ETag"] == f'"{version}"'
 
     r = spelling.get(api, "a/b")

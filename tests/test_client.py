@@ -26,7 +26,11 @@ pytestmark = pytest.mark.integration
 def cluster(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("client")
     cluster = Cluster(
-        Registry(f"sqlite:///{log_dir / 'registry.sqlite3'}"), log_dir, 3, CACHE_FORWARD_TIMEOUT="1"
+        Registry(f"sqlite:///{log_dir / 'registry.sqlite3'}"),
+        log_dir,
+        3,
+        CACHE_FORWARD_TIMEOUT="1",
+        CACHE_REPLICAS="1",  # pins primary-only placement; replication: test_replication.py
     )
     with cluster:
         yield cluster

@@ -15,7 +15,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def cluster(tmp_path):
     cluster = Cluster(
-        Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"), tmp_path, 3, CACHE_FORWARD_TIMEOUT="1"
+        Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"),
+        tmp_path,
+        3,
+        CACHE_FORWARD_TIMEOUT="1",
+        CACHE_REPLICAS="1",  # pins primary-only placement; replication: test_replication.py
     )
     with cluster:
         yield cluster

@@ -29,7 +29,9 @@ def cluster(request, tmp_path_factory):
         else:
             url = f"sqlite:///{log_dir / 'registry.sqlite3'}"
         registry = Registry(url, CACHE_SECRET=SECRET)
-        yield stack.enter_context(Cluster(registry, log_dir, 3, CACHE_FORWARD_TIMEOUT="2"))
+        yield stack.enter_context(
+            Cluster(registry, log_dir, 3, CACHE_FORWARD_TIMEOUT="2", CACHE_REPLICAS="1")
+        )
 
 
 def ring_of(cluster: Cluster) -> Ring:
@@ -236,7 +238,11 @@ def test_cluster_nodes_endpoint_lists_the_registry(cluster):
 @pytest.fixture
 def small_cluster(tmp_path):
     cluster = Cluster(
-        Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"), tmp_path, 3, CACHE_FORWARD_TIMEOUT="1"
+        Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}"),
+        tmp_path,
+        3,
+        CACHE_FORWARD_TIMEOUT="1",
+        CACHE_REPLICAS="1",  # pins primary-only placement; replication: test_replication.py
     )
     with cluster:
         yield cluster

@@ -193,7 +193,7 @@ def test_a_chunked_incr_adds_its_delta(node, registry, api):
     request = head("POST", "/api/v1/keys/counter/incr", headers) + chunked(b'{"delta": 100}')
     answer = exchange(node.port, request)
     assert answer.status == 200, answer.body
-    assert answer.json() == {"key": "counter", "value": 105}
+    assert answer.json() == {"key": "counter", "value": 105, "copies": 1}
     assert api.get("counter").json()["value"] == 105
 
 

@@ -278,7 +278,10 @@ def test_batches(app, store):
     assert orjson.loads(call(app, "set_many", {"items": items})[2]) == {"stored": 3}
     answer = orjson.loads(call(app, "get_many", {"keys": ["a", "b", "c", "zz", "a"]})[2])
     assert answer == {"values": {"a": "1", "c": "[]"}, "binary": {"b": "AQ=="}}
-    assert orjson.loads(call(app, "delete_many", {"keys": ["a", "zz"]})[2]) == {"deleted": 1}
+    assert orjson.loads(call(app, "delete_many", {"keys": ["a", "zz"]})[2]) == {
+        "deleted": 1,
+        "removed": ["a"],
+    }
     assert store.peek("a") is None
     assert store.peek("c") is not None
 
@@ -402,8 +405,8 @@ def test_peer_client_single_key_calls_round_trip(served, peers, store, clock):
     assert store.peek("k").value == b"3"
 
     store.set("n", b"1")
-    value, _ = peers.incr(served, "n", 5)
-    assert value == 6
+    value, _, ttl = peers.incr(served, "n", 5)
+    assert (value, ttl) == (6, None)
     assert store.peek("n").value == b"6"
     assert peers.incr(served, "missing", 1) is None
 
@@ -426,7 +429,7 @@ def test_peer_client_batches_send_first_and_read_later(served, peers, store):
     # Both calls are on the wire before either answer is read (two pooled connections).
     writing = peers.start_set_many(served, items)
     deleting = peers.start_delete_many(served, ["old", "zz"])
-    assert (writing.result(), deleting.result()) == (3, 1)
+    assert (writing.result(), deleting.result()) == (3, ["old"])
     found = peers.start_get_many(served, ["a", "b", "c", "zz"]).result()
     assert set(found) == {"a", "b", "c"}
     assert orjson.loads(orjson.dumps(found)) == {"a": 1, "b": {"b64": "Ag=="}, "c": {"x": []}}

@@ -28,6 +28,7 @@ from cacheapi.peer.wire import RING_HEADER, SECRET_ENVIRON, hit_headers
 from cacheapi.store import Hit, format_version, parse_version
 
 OCTET = "application/octet-stream"
+COPIES_HEADER = "X-Copies"  # on every write: how many owners hold it
 JSON = "application/json"
 _NOT_ERRORS = {404, 412}
 
@@ -243,16 +244,19 @@ class KeyViewSet(NodeViewSet):
                 'If-None-Match supports only "*" (add), and not together with If-Match'
             )
         if if_none_match is not None:
-            version = router.add(key, value, binary, ttl)
+            written = router.add(key, value, binary, ttl)
         elif "HTTP_IF_MATCH" in meta:
             # "*": if it exists, whatever its version; else the ETag of one version.
             if_match = meta["HTTP_IF_MATCH"]
             expected = None if if_match.strip() == "*" else _parse_etag(if_match)
-            version = router.cas(key, value, binary, ttl, expected)
+            written = router.cas(key, value, binary, ttl, expected)
         else:
-            version = router.set(key, value, binary, ttl)
-        tag = format_version(version)
-        return rendered({"key": key, "version": tag}, headers={"ETag": f'"{tag}"'})
+            written = router.set(key, value, binary, ttl)
+        tag = format_version(written.version)
+        return rendered(
+            {"key": key, "version": tag, "copies": written.copies},
+            headers={"ETag": f'"{tag}"', COPIES_HEADER: str(written.copies)},
+        )
 
     def partial_update(self, request: Request, **kwargs: Any) -> Response:
         key = self._key()
@@ -260,19 +264,24 @@ class KeyViewSet(NodeViewSet):
         if "ttl" not in body:
             raise errors.InvalidTTL('body must have a "ttl" member (seconds, or null)')
         ttl = validation.ttl_from_body(body)
-        current().router.touch(key, ttl)
-        return Response({"key": key, "ttl": ttl})
+        copies = current().router.touch(key, ttl)
+        return Response(
+            {"key": key, "ttl": ttl, "copies": copies}, headers={COPIES_HEADER: str(copies)}
+        )
 
     def destroy(self, request: Request, **kwargs: Any) -> HttpResponse:
-        current().router.delete(self._key())
-        return HttpResponse(status=204)
+        copies = current().router.delete(self._key())
+        return HttpResponse(status=204, headers={COPIES_HEADER: str(copies)})
 
     def incr(self, request: Request, **kwargs: Any) -> HttpResponse:
         key = self._key()
         delta = validation.validate_delta(self.body())  # an empty body parses as {}
-        value, version = current().router.incr(key, delta)
-        tag = format_version(version)
-        return rendered({"key": key, "value": value}, headers={"ETag": f'"{tag}"'})
+        value, written = current().router.incr(key, delta)
+        tag = format_version(written.version)
+        return rendered(
+            {"key": key, "value": value, "copies": written.copies},
+            headers={"ETag": f'"{tag}"', COPIES_HEADER: str(written.copies)},
+        )
 
 
 class BatchViewSet(NodeViewSet):

@@ -33,6 +33,7 @@ from cacheapi.peer.wire import (
     INTERNAL_HEADER,
     SECRET_HEADER,
     VERSION_HEADER,
+    decode_value,
     decode_version,
     encode_value,
     encode_version,
@@ -111,7 +112,12 @@ class PeerClient:
         self._upgrade = (PREFIX + STREAM_OP, {SECRET_HEADER: secret}, STREAM_PROTOCOL)
 
     def send(
-        self, node: Any, op: str, body: dict[str, Any], parse: Callable[[Any, Response], T]
+        self,
+        node: Any,
+        op: str,
+        body: dict[str, Any],
+        parse: Callable[[Any, Response], T],
+        timeout: float | None = None,
     ) -> Pending[T]:
         """Send ``op`` to the owner: as a frame on a stream (an upgraded connection, kept and
         reused) where the owner serves streams, else as ``POST /internal/v1/<op>``. Raises
@@ -124,17 +130,22 @@ class PeerClient:
         payload = values.dumps(body)
         try:
             try:
-                call = self._transport.send_frame(url, self._upgrade, op, payload)
+                call = self._transport.send_frame(url, self._upgrade, op, payload, timeout)
             except StreamsRefused:  # a node that serves HTTP only (gthread), or refused
-                call = self._transport.send(url, "POST", PREFIX + op, self._headers, payload)
+                call = self._transport.send(
+                    url, "POST", PREFIX + op, self._headers, payload, timeout
+                )
         except OSError as exc:
             log.warning("internal %s to %s failed: %s", op, node.name, exc)
             raise PeerUnavailable(node.name, str(exc)) from exc
         return Pending(self, node, op, call, parse)
 
     # Single keys.
-    def get(self, node: Any, key: str) -> Hit | None:
-        return self.send(node, "get", {"key": key}, _parse_get).result()
+    def get(self, node: Any, key: str, timeout: float | None = None) -> Hit | None:
+        return self.start_get(node, key, timeout).result()
+
+    def start_get(self, node: Any, key: str, timeout: float | None = None) -> Pending[Hit | None]:
+        return self.send(node, "get", {"key": key}, _parse_get, timeout)
 
     def set(
         self,
@@ -161,30 +172,80 @@ class PeerClient:
             body["if_version"] = encode_version(if_version)
         return self.send(node, "set", body, _parse_set).result()
 
+    def start_put(
+        self, node: Any, key: str, value: bytes, binary: bool, ttl: float | None, version: Version
+    ) -> Pending[Version | None]:
+        """A replicated write with the coordinator's version (last write wins on the owner)."""
+        body = {
+            "key": key,
+            "value": encode_value(value, binary),
+            "binary": binary,
+            "ttl": ttl,
+            "version": encode_version(version),
+        }
+        return self.send(node, "set", body, _parse_set)
+
+    def start_delete(self, node: Any, key: str, version: Version | None = None) -> Pending[bool]:
+        body: dict[str, Any] = {"key": key}
+        if version is not None:
+            body["version"] = encode_version(version)
+        return self.send(node, "delete", body, _field("deleted", bool))
+
     def delete(self, node: Any, key: str) -> bool:
-        return self.send(node, "delete", {"key": key}, _field("deleted", bool)).result()
+        return self.start_delete(node, key).result()
+
+    def start_touch(
+        self, node: Any, key: str, ttl: float | None, version: Version | None = None
+    ) -> Pending[bool]:
+        body: dict[str, Any] = {"key": key, "ttl": ttl}
+        if version is not None:
+            body["version"] = encode_version(version)
+        return self.send(node, "touch", body, _field("touched", bool))
 
     def touch(self, node: Any, key: str, ttl: float | None) -> bool:
-        body = {"key": key, "ttl": ttl}
-        return self.send(node, "touch", body, _field("touched", bool)).result()
+        return self.start_touch(node, key, ttl).result()
 
-    def incr(self, node: Any, key: str, delta: int) -> tuple[int, Version] | None:
+    def incr(self, node: Any, key: str, delta: int) -> tuple[int, Version, float | None] | None:
+        """The new value, its version and the TTL it has left; None if the key is absent."""
         return self.send(node, "incr", {"key": key, "delta": delta}, _parse_incr).result()
 
     # Batches and cluster-wide calls: sent now, read later.
-    def start_get_many(self, node: Any, keys: list[str]) -> Pending[dict[str, Any]]:
+    def start_get_many(
+        self, node: Any, keys: list[str], timeout: float | None = None
+    ) -> Pending[dict[str, Any]]:
         """The found keys' wire values (as ``values.to_wire`` makes them), never re-parsed: the
         stored JSON text goes out as an ``orjson.Fragment``."""
-        return self.send(node, "get_many", {"keys": keys}, _parse_get_many)
+        return self.send(node, "get_many", {"keys": keys}, _parse_get_many, timeout)
 
     def start_set_many(
-        self, node: Any, items: list[tuple[str, bytes, bool, float | None]]
+        self,
+        node: Any,
+        items: list[tuple[str, bytes, bool, float | None]],
+        version: Version | None = None,
     ) -> Pending[int]:
-        body = {"items": [[k, encode_value(v, b), b, ttl] for k, v, b, ttl in items]}
+        body: dict[str, Any] = {
+            "items": [[k, encode_value(v, b), b, ttl] for k, v, b, ttl in items]
+        }
+        if version is not None:
+            body["version"] = encode_version(version)
         return self.send(node, "set_many", body, _field("stored", int))
 
-    def start_delete_many(self, node: Any, keys: list[str]) -> Pending[int]:
-        return self.send(node, "delete_many", {"keys": keys}, _field("deleted", int))
+    def start_delete_many(
+        self, node: Any, keys: list[str], version: Version | None = None
+    ) -> Pending[list[str]]:
+        """The keys whose live entry the owner removed."""
+        body: dict[str, Any] = {"keys": keys}
+        if version is not None:
+            body["version"] = encode_version(version)
+        return self.send(node, "delete_many", body, _parse_removed)
+
+    def start_scan(
+        self, node: Any, owner: str, ring_version: int, cursor: int, limit: int
+    ) -> Pending[tuple[list[Any], int | None, int]]:
+        """Entries in ``limit`` of the node's store slots from ``cursor`` that ``owner`` owns:
+        (items as ``sync`` takes them, the next cursor or None, the store's layout number)."""
+        body = {"owner": owner, "ring_version": ring_version, "cursor": cursor, "limit": limit}
+        return self.send(node, "scan", body, _parse_scan)
 
     def start_sync(
         self, node: Any, items: list[tuple[str, bytes, bool, float | None, Version]]
@@ -303,14 +364,39 @@ def _parse_set(node: Any, response: Response) -> Version | None:
     return _version(response.headers.get(VERSION_HEADER, ""))
 
 
-def _parse_incr(node: Any, response: Response) -> tuple[int, Version] | None:
+def _parse_incr(node: Any, response: Response) -> tuple[int, Version, float | None] | None:
     if _is_miss(response):
         return None
     answer = _parse_json(node, response)
-    value = answer["value"]
+    value, ttl = answer["value"], answer.get("ttl")
     if type(value) is not int:
         raise TypeError("'value' is not an int")
-    return value, _version(answer["version"])
+    if ttl is not None and type(ttl) not in (int, float):
+        raise TypeError("'ttl' is not a number")
+    return value, _version(answer["version"]), ttl
+
+
+def _parse_removed(node: Any, response: Response) -> list[str]:
+    removed = _parse_json(node, response)["removed"]
+    if not isinstance(removed, list) or not all(type(k) is str for k in removed):
+        raise TypeError("'removed' is not a list of keys")
+    return removed
+
+
+def _parse_scan(node: Any, response: Response) -> tuple[list[Any], int | None, int]:
+    answer = _parse_json(node, response)
+    items, cursor, layout = answer["items"], answer["cursor"], answer["layout"]
+    if not isinstance(items, list) or type(layout) is not int:
+        raise TypeError("'items' must be a list and 'layout' a number")
+    if cursor is not None and type(cursor) is not int:
+        raise TypeError("'cursor' must be a number or null")
+    parsed = []
+    for key, text, binary, ttl, version in items:
+        value, binary = decode_value(text, binary)
+        if ttl is not None and type(ttl) not in (int, float):
+            raise TypeError("'ttl' is not a number")
+        parsed.append((key, value, binary, ttl, _version(version)))
+    return parsed, cursor, layout
 
 
 def _parse_get_many(node: Any, response: Response) -> dict[str, Any]:

@@ -19,16 +19,24 @@ Operations (body -> answer):
 
 - ``get`` ``{"key"}`` -> the stored bytes as the body, with ``X-Value-Type`` (json or binary),
   ``X-TTL`` (seconds left, or none) and ``X-Version``; 404 when absent
-- ``set`` ``{"key", "value", "binary", "ttl", "if_absent"?, "if_version"?}`` -> ``{"version"}``;
-  412 when the condition fails
-- ``delete`` ``{"key"}`` -> ``{"deleted": bool}``
-- ``touch`` ``{"key", "ttl"}`` -> ``{"touched": bool}``
-- ``incr`` ``{"key", "delta"}`` -> ``{"value", "version"}``; 404 when absent, 409 not an integer
+- ``set`` ``{"key", "value", "binary", "ttl", "if_absent"?, "if_version"?, "version"?}`` ->
+  ``{"version", "applied"}``; 412 when the condition fails. With ``version`` (a replicated
+  write, stamped by the coordinator) the write applies only if newer than what the node holds;
+  ``applied`` says whether it did (a newer value there is still a copy)
+- ``delete`` ``{"key", "version"?}`` -> ``{"deleted": bool}`` (a version leaves a tombstone)
+- ``touch`` ``{"key", "ttl", "version"?}`` -> ``{"touched": bool}``
+- ``incr`` ``{"key", "delta"}`` -> ``{"value", "version", "ttl"}``; 404 when absent, 409 not an
+  integer
 - ``get_many`` ``{"keys"}`` -> ``{"values": {key: json text}, "binary": {key: base64}}``
-- ``set_many`` ``{"items": [[key, value, binary, ttl], ...]}`` -> ``{"stored": n}``
-- ``delete_many`` ``{"keys"}`` -> ``{"deleted": n}``
+- ``set_many`` ``{"items": [[key, value, binary, ttl], ...], "version"?}`` -> ``{"stored": n}``
+- ``delete_many`` ``{"keys", "version"?}`` -> ``{"deleted": n, "removed": [key, ...]}``
 - ``sync`` ``{"items": [[key, value, binary, ttl, version], ...]}`` -> ``{"stored", "skipped"}``:
   versioned writes (migration, replication); an older version never replaces a newer one
+- ``scan`` ``{"owner", "ring_version", "cursor", "limit"}`` -> ``{"items": [[key, value,
+  binary, ttl, version], ...], "cursor": next or null, "layout": n}``: the live entries in
+  ``limit`` store slots from ``cursor`` whose owners (in this node's ring) include ``owner``;
+  a joining node pulls its keys with it. 503 ``ring_behind`` while this node's ring is older
+  than ``ring_version``
 - ``stats`` ``{}`` -> this node's stats (as ``GET /api/v1/stats``)
 - ``clear`` ``{}`` -> ``{"flushed": n}``: empties this node's store
 
@@ -62,10 +70,11 @@ from cacheapi.peer.wire import (
     hit_headers,
     secrets_match,
 )
-from cacheapi.store import Store, StoreError, format_version
+from cacheapi.store import Store, StoreError, Version, format_version
 
 log = logging.getLogger(__name__)
 
+SCAN_LIMIT = 10_000  # most store slots one scan call walks
 STREAM_IDLE_SECONDS = 60.0  # an idle stream is closed; the coordinator opens another
 STREAM_FRAME_SECONDS = 30.0  # most time one frame may take to arrive, once it has begun
 _JSON = [("Content-Type", "application/json")]
@@ -109,6 +118,12 @@ def _items(body: Mapping[str, Any], width: int) -> list[Any]:
         if not isinstance(item, list) or len(item) != width:
             raise errors.InvalidRequest(f"items[{index}] must be a list of {width}")
     return items
+
+
+def _version(body: Mapping[str, Any]) -> Version | None:
+    """The coordinator's write version of a replicated write, if the call has one."""
+    text = body.get("version")
+    return None if text is None else decode_version(text)
 
 
 def _read_frame_body(reader: Any, sock: Any, length: int) -> bytearray | None:
@@ -168,6 +183,7 @@ class InternalApp:
         *,
         max_body: Callable[[], int],
         ring_version: Callable[[], int] = lambda: 0,
+        ring: Callable[[], Any] | None = None,
         stats: Callable[[], dict[str, Any]] = dict,
         observe: Callable[[str, float, bool], None] = lambda op, seconds, error: None,
         already_handled: object | None = None,
@@ -177,6 +193,7 @@ class InternalApp:
         self._secret = secret
         self._max_body = max_body
         self._ring_version = ring_version
+        self._ring = ring
         self._stats = stats
         self._observe = observe
         # Streams need a server that lets the app keep the connection: gunicorn's async
@@ -195,6 +212,7 @@ class InternalApp:
             "sync": self._sync,
             "stats": self._node_stats,
             "clear": self._clear,
+            "scan": self._scan,
         }
 
     def __call__(
@@ -367,28 +385,37 @@ class InternalApp:
         ttl = _ttl(body)
         if_absent = body.get("if_absent", False)
         if_version = body.get("if_version")
-        if not isinstance(if_absent, bool) or (if_absent and if_version is not None):
-            raise errors.InvalidRequest('"if_absent" is true or false, and not with "if_version"')
+        version = _version(body)
+        conditions = bool(if_absent) + (if_version is not None) + (version is not None)
+        if not isinstance(if_absent, bool) or conditions > 1:
+            raise errors.InvalidRequest(
+                'at most one of "if_absent" (true or false), "if_version" and "version"'
+            )
+        applied = True
         if if_absent:
-            version = store.add(key, value, binary=binary, ttl=ttl)
+            written = store.add(key, value, binary=binary, ttl=ttl)
         elif if_version is not None:
             expected = decode_version(if_version, '"if_version"')
-            version = store.cas(key, value, expected, binary=binary, ttl=ttl)
+            written = store.cas(key, value, expected, binary=binary, ttl=ttl)
+        elif version is not None:
+            written = store.set(key, value, binary=binary, ttl=ttl, version=version)
+            applied, written = written is not None, version
         else:
-            version = store.set(key, value, binary=binary, ttl=ttl)
-        if version is None:
+            written = store.set(key, value, binary=binary, ttl=ttl)
+        if written is None:
             raise errors.PreconditionFailed(f"the condition on key {key!r} does not hold")
-        tag = format_version(version)
-        return 200, orjson.dumps({"version": tag}), [*_JSON, (VERSION_HEADER, tag)]
+        tag = format_version(written)
+        answer = orjson.dumps({"version": tag, "applied": applied})
+        return 200, answer, [*_JSON, (VERSION_HEADER, tag)]
 
     def _delete(self, store: Store, body: Mapping[str, Any]) -> Answer:
-        return _json({"deleted": store.delete(_key(body))})
+        return _json({"deleted": store.delete(_key(body), version=_version(body))})
 
     def _touch(self, store: Store, body: Mapping[str, Any]) -> Answer:
         key = _key(body)
         if "ttl" not in body:
             raise errors.InvalidTTL('body must have a "ttl" member (seconds, or null)')
-        return _json({"touched": store.touch(key, _ttl(body))})
+        return _json({"touched": store.touch(key, _ttl(body), version=_version(body))})
 
     def _incr(self, store: Store, body: Mapping[str, Any]) -> Answer:
         key = _key(body)
@@ -396,7 +423,10 @@ class InternalApp:
         if result is None:
             raise errors.NotFound(f"no key {key!r}")
         value, version = result
-        return 200, orjson.dumps({"value": value, "version": format_version(version)}), _JSON
+        entry = store.peek(key)
+        ttl = None if entry is None else store.remaining(entry)
+        answer = {"value": value, "version": format_version(version), "ttl": ttl}
+        return 200, orjson.dumps(answer), _JSON
 
     def _get_many(self, store: Store, body: Mapping[str, Any]) -> Answer:
         found = store.values_many(_keys(body))
@@ -411,11 +441,17 @@ class InternalApp:
             parsed.append(
                 (validation.validate_key(key), value, binary, validation.validate_ttl(ttl), None)
             )
+        version = _version(body)
+        if version is not None:
+            parsed = [(k, v, b, ttl, version) for k, v, b, ttl, _ in parsed]
         stored = store.set_many(parsed)
         return _json({"stored": sum(1 for v in stored if v is not None)})
 
     def _delete_many(self, store: Store, body: Mapping[str, Any]) -> Answer:
-        return _json({"deleted": store.delete_many(_keys(body))})
+        keys = _keys(body)
+        version = _version(body)
+        removed = [key for key in keys if store.delete(key, version=version)]
+        return _json({"deleted": len(removed), "removed": removed})
 
     def _sync(self, store: Store, body: Mapping[str, Any]) -> Answer:
         parsed = []
@@ -433,6 +469,33 @@ class InternalApp:
         applied = store.set_many(parsed)
         stored = sum(1 for v in applied if v is not None)
         return _json({"stored": stored, "skipped": len(applied) - stored})
+
+    def _scan(self, store: Store, body: Mapping[str, Any]) -> Answer:
+        owner, wanted = body.get("owner"), body.get("ring_version")
+        cursor, limit = body.get("cursor"), body.get("limit")
+        if not isinstance(owner, str) or not owner:
+            raise errors.InvalidRequest('"owner" must be a node name')
+        for name, number in (("ring_version", wanted), ("cursor", cursor), ("limit", limit)):
+            if type(number) is not int or number < 0:
+                raise errors.InvalidRequest(f'"{name}" must be a whole number')
+        if not 1 <= limit <= SCAN_LIMIT:  # type: ignore[operator]
+            raise errors.InvalidRequest(f'"limit" must be 1 to {SCAN_LIMIT}')
+        if self._ring is None:
+            raise errors.UnknownOperation("this node cannot scan by owner")
+        ring = self._ring()
+        if ring.version < wanted:  # type: ignore[operator]
+            raise errors.RingBehind(f"ring version {ring.version} is older than {wanted}")
+        entries, after, layout = store.entries_from(cursor, limit)  # type: ignore[arg-type]
+        items = []
+        for key, entry in entries:
+            if any(node.name == owner for node in ring.owners(key)):
+                ttl = store.remaining(entry)
+                if ttl is None or ttl > 0:
+                    items.append(
+                        [key, encode_value(entry.value, entry.binary), entry.binary, ttl,
+                         format_version(entry.version)]  # fmt: skip
+                    )
+        return _json({"items": items, "cursor": after, "layout": layout})
 
     def _node_stats(self, store: Store, body: Mapping[str, Any]) -> Answer:
         return _json(self._stats())

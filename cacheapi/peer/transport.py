@@ -164,10 +164,16 @@ class Pool:
         conn.close()
 
     def send(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        timeout: float | None = None,
     ) -> Call:
-        """Send a request now; its answer is read by ``Call.response()``. Several calls sent
-        before any answer is read run on their peers in parallel, with no thread per call."""
+        """Send a request now; its answer is read by ``Call.response()``, due within
+        ``timeout`` (the pool's by default). Several calls sent before any answer is read run
+        on their peers in parallel, with no thread per call."""
         head = [f"{method} {path} HTTP/1.1".encode("latin-1"), b"Host: " + self.host_header]
         head += [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
         head.append(b"Content-Length: %d" % len(body or b""))
@@ -176,11 +182,18 @@ class Pool:
             conn = self._checkout()
         except OSError as exc:  # refused, unreachable, connect timeout, TLS handshake
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
-        return self._put(conn, payload, method)
+        return self._put(conn, payload, method, timeout=timeout)
 
-    def _put(self, conn: _Connection, payload: bytes, method: str, stream: bool = False) -> Call:
+    def _put(
+        self,
+        conn: _Connection,
+        payload: bytes,
+        method: str,
+        stream: bool = False,
+        timeout: float | None = None,
+    ) -> Call:
         """Write a request on ``conn``; its answer is due within the timeout from now."""
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             conn.sock.sendall(payload)
         except OSError as exc:
@@ -195,7 +208,13 @@ class Pool:
 
     # Streams: a connection upgraded once (``upgrade`` request: path and headers, answered
     # 101) then carries one call after another as frames, with no HTTP to parse per call.
-    def send_frame(self, upgrade: tuple[str, Mapping[str, str], str], op: str, body: bytes) -> Call:
+    def send_frame(
+        self,
+        upgrade: tuple[str, Mapping[str, str], str],
+        op: str,
+        body: bytes,
+        timeout: float | None = None,
+    ) -> Call:
         """Send one framed call on an idle stream to this peer; read it with
         ``Call.response()``.
 
@@ -210,7 +229,7 @@ class Pool:
             # a batch's sends: this call goes as HTTP, and a stream opens in the background.
             self._open_stream_later(upgrade)
             raise StreamsRefused(f"no idle stream to {self.host}:{self.port} yet")
-        return self._put(conn, frames.encode_request(op, body), "", stream=True)
+        return self._put(conn, frames.encode_request(op, body), "", stream=True, timeout=timeout)
 
     def _open_stream_later(self, upgrade: tuple[str, Mapping[str, str], str]) -> None:
         """Open one stream in a background thread (a greenlet under gevent), one at a time."""
@@ -427,13 +446,19 @@ class Transport:
         path: str,
         headers: Mapping[str, str],
         body: bytes | None = None,
+        timeout: float | None = None,
     ) -> Call:
-        return self.pool(base_url).send(method, path, headers, body)
+        return self.pool(base_url).send(method, path, headers, body, timeout)
 
     def send_frame(
-        self, base_url: str, upgrade: tuple[str, Mapping[str, str], str], op: str, body: bytes
+        self,
+        base_url: str,
+        upgrade: tuple[str, Mapping[str, str], str],
+        op: str,
+        body: bytes,
+        timeout: float | None = None,
     ) -> Call:
-        return self.pool(base_url).send_frame(upgrade, op, body)
+        return self.pool(base_url).send_frame(upgrade, op, body, timeout)
 
     def close(self) -> None:
         with self._lock:

@@ -174,6 +174,7 @@ class Store:
         # key -> (version, expires_at). Equal TTLs and a monotonic clock keep it in expiry order.
         self._tombstones: OrderedDict[str, tuple[Version, float]] = OrderedDict()
         self._bytes = 0
+        self._layout = 0  # bumped when slots are renumbered (entries_from's walkers restart)
         self._hits = self._misses = self._sets = self._deletes = 0
         self._evictions = self._expirations = 0
 
@@ -329,20 +330,28 @@ class Store:
             self._sets += 1
             return result, version
 
-    def touch(self, key: str, ttl: float | None) -> bool:
+    def touch(self, key: str, ttl: float | None, *, version: Version | None = None) -> bool:
         """Give a live entry a new TTL (None = never expires) and a new version; False if absent.
 
-        Not counted as a set: the value is unchanged.
+        With ``version`` (replication), an entry written after it keeps its TTL (and True is
+        still the answer: the key is there). Not counted as a set: the value is unchanged.
         """
         _check_ttl(ttl)
+        _check_version(version)
         with self._lock:
             now = self.clock()
             record = self._live(key, now)
             if record is None:
                 return False
-            binary = self._names.unpack(record)[0]
+            binary, _, current = self._names.unpack(record)
+            if version is None:
+                version = self.hlc.now()
+            else:
+                self.hlc.observe(version)
+                if version <= current:
+                    return True
             value = records.value(record)
-            self._write(key, value, binary, _deadline(now, ttl), self.hlc.now(), 0, now)
+            self._write(key, value, binary, _deadline(now, ttl), version, 0, now)
             return True
 
     def delete(self, key: str, *, version: Version | None = None) -> bool:
@@ -372,6 +381,7 @@ class Store:
             self._ring, self._refs, self._free = [], bytearray(), array("L")
             self._hand = self._sweep_at = 0
             self._bytes = 0
+            self._layout += 1
             return removed
 
     def scan(self, chunk_size: int = 500) -> Iterator[list[tuple[str, Entry]]]:
@@ -398,6 +408,33 @@ class Store:
                     yield chunk
 
         return chunks()  # a nested generator, so a bad chunk_size fails at the call
+
+    def entries_from(
+        self, cursor: int, count: int
+    ) -> tuple[list[tuple[str, Entry]], int | None, int]:
+        """Live entries in ring slots ``cursor`` to ``cursor + count``: (entries, the next
+        cursor or None at the end, the layout number).
+
+        A stateless cursor for scans that span many calls (a joining node pulling its keys
+        from a peer). Keys keep their slot while they live, so a walk sees every key that
+        lived throughout it; the layout number changes when the ring is rebuilt (compaction,
+        clear), and a walker that sees it change starts again."""
+        if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
+            raise ValueError(f"cursor must be a non-negative integer, not {cursor!r}.")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive integer, not {count!r}.")
+        with self._lock:
+            now = self.clock()
+            ring, data = self._ring, self._data
+            end = min(cursor + count, len(ring))
+            found = []
+            for key in ring[cursor:end]:
+                if key is None:
+                    continue
+                record = data[key]
+                if now < records.deadline(record):
+                    found.append((key, self._entry(record)))
+            return found, (end if end < len(ring) else None), self._layout
 
     def sweep(self, limit: int | None = None) -> int:
         """Remove expired entries from the next ``limit`` ring slots (every slot when None),
@@ -645,3 +682,4 @@ class Store:
             self._data[key] = records.with_slot(self._data[key], at)
         self._ring, self._refs, self._free = list(order), refs, array("L")
         self._hand = self._sweep_at = 0
+        self._layout += 1
