@@ -6,6 +6,7 @@ cache that disagrees with the first. Anything asking for more (``--workers``, ``
 """
 
 import gc
+import math
 import os
 import signal
 
@@ -31,7 +32,11 @@ keepalive = 30
 timeout = 60
 # Requests finish in milliseconds; what graceful shutdown would wait for is mostly idle
 # keep-alive connections that peers hold open, so a short grace keeps stops fast.
-graceful_timeout = int(os.environ.get("CACHE_GRACEFUL_TIMEOUT", "3"))
+# SIGTERM first hands the node's keys off (up to DRAIN_TIMEOUT, cache_project.workers), so the
+# master waits that long on top before it kills the worker.
+graceful_timeout = int(os.environ.get("CACHE_GRACEFUL_TIMEOUT", "3")) + math.ceil(
+    float(os.environ.get("CACHE_DRAIN_TIMEOUT", "0"))
+)
 accesslog = os.environ.get("CACHE_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import threading
 from typing import Any
 
 import gevent
@@ -99,7 +100,45 @@ class _Connection:
         self.requests = 0
 
 
-class GeventWorker(JSONErrors, ggevent.GeventWorker):
+class LeavesOnTerm:
+    """SIGTERM (gunicorn's graceful stop) first hands the node's keys to the other nodes
+    (``cacheapi.node.Node.leave``, bounded by ``DRAIN_TIMEOUT``) while the node still serves,
+    then stops as gunicorn does. SIGQUIT and SIGINT (a quick stop, as ``runcluster`` and the
+    tests stop a whole cluster) skip the hand-off: nodes stopping together must not drain into
+    each other. The master's ``graceful_timeout`` covers the drain (``gunicorn_conf``)."""
+
+    alive: bool
+    cfg: Any
+    log: Any
+    _leaving = False
+
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        if self._leaving:
+            return
+        self._leaving = True
+        self._spawn(self._leave_then_stop)
+
+    def _spawn(self, target: Any) -> None:
+        raise NotImplementedError
+
+    def _leave_then_stop(self) -> None:
+        try:
+            from cacheapi import node
+
+            node.current().leave()
+        except Exception:
+            self.log.exception("handing keys off on SIGTERM failed")
+        finally:
+            # What is left of the graceful stop waits for open connections, not for the drain.
+            with contextlib.suppress(Exception):
+                self.cfg.set("graceful_timeout", SHUTDOWN_GRACE)
+            self.alive = False
+
+
+SHUTDOWN_GRACE = 3
+
+
+class GeventWorker(LeavesOnTerm, JSONErrors, ggevent.GeventWorker):
     """gunicorn's gevent worker with room kept for peers and timeouts for idle clients."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -109,6 +148,9 @@ class GeventWorker(JSONErrors, ggevent.GeventWorker):
         self.body_timeout = 30.0
         self.peer_connections = 0
         self.refused = 0  # client requests refused on a peer slot
+
+    def _spawn(self, target: Any) -> None:
+        gevent.spawn(target)  # out of the signal handler, so it may block
 
     def run(self) -> None:
         # The app is loaded (init_process) before run(), so Django's settings are readable.
@@ -179,8 +221,11 @@ class GeventWorker(JSONErrors, ggevent.GeventWorker):
             )
 
 
-class ThreadWorker(JSONErrors, gthread.ThreadWorker):
+class ThreadWorker(LeavesOnTerm, JSONErrors, gthread.ThreadWorker):
     """gunicorn's gthread worker, with JSON errors."""
+
+    def _spawn(self, target: Any) -> None:
+        threading.Thread(target=target, name="leave", daemon=True).start()
 
 
 def raise_open_files_limit(needed: int) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from cacheapi.router import Router
 from cacheapi.settings import cluster_settings
 from cacheapi.store import Store
 from nodes.membership import Membership
+from nodes.migration import Migrator, peers_on_version, registry_move
 from nodes.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,13 @@ class Node:
             peers=peers,
             on_forward=recorder.forward,
             failover_timeout=cluster_settings.FAILOVER_TIMEOUT,
+        )
+        self.migrator = Migrator(
+            name=name,
+            store=store,
+            ring=lambda: membership.ring,
+            peers=peers,
+            refresh=membership.refresh,
         )
         self._stop = threading.Event()
 
@@ -93,7 +101,9 @@ class Node:
 
     def stats(self) -> dict[str, Any]:
         """This node's counters, latencies and ring version (``GET /api/v1/stats``)."""
-        return stats_module.node_stats(self.name, self.ring.version, self.store, self.recorder)
+        stats = stats_module.node_stats(self.name, self.ring.version, self.store, self.recorder)
+        stats["migration"] = self.migrator.stats.as_dict()
+        return stats
 
     def cluster_stats(self) -> dict[str, Any]:
         """Every node's stats and their sums; nodes that did not answer are listed."""
@@ -101,12 +111,29 @@ class Node:
         return stats_module.cluster_stats(done.answers, done.failed)
 
     def start(self) -> None:
-        """Start the ring watcher and the expiry sweeper (served processes only)."""
+        """Start the ring watcher, the migrator and the expiry sweeper (served processes
+        only). A process that starts while the registry still lists it ``up`` (its worker
+        was restarted, with an empty store) rejoins as ``joining`` to pull its keys."""
+        self.membership.listeners.append(self.migrator.ring_changed)
+        try:
+            if registry_move(self.name, ["up"], "joining"):
+                log.warning("started with an empty store while listed up: rejoining")
+        except Exception:
+            log.exception("could not check this node's status in the registry")
         self.membership.start()
+        self.migrator.start()
         threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
+
+    def leave(self) -> bool:
+        """Hand every key off before this process exits (SIGTERM), within DRAIN_TIMEOUT."""
+        timeout = cluster_settings.DRAIN_TIMEOUT
+        if timeout <= 0:
+            return False
+        return self.migrator.leave(timeout, peers_on_version(self.peers, self.name))
 
     def stop(self) -> None:
         self._stop.set()
+        self.migrator.stop()
         self.membership.stop()
         self.peers.close()
 

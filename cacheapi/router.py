@@ -573,9 +573,7 @@ class Router:
         reached: set[str] = set()
         for group, _answer in results:
             reached.update(group)
-        return BatchResult(
-            count=len(reached), failed=[k for k in keys if k not in reached]
-        )
+        return BatchResult(count=len(reached), failed=[k for k in keys if k not in reached])
 
     def delete_many(self, keys: Sequence[str]) -> BatchResult:
         version = self.store.hlc.now()
@@ -599,9 +597,7 @@ class Router:
         for group, answer in results:
             reached.update(group)
             removed.update(answer)
-        return BatchResult(
-            count=len(removed), failed=[k for k in keys if k not in reached]
-        )
+        return BatchResult(count=len(removed), failed=[k for k in keys if k not in reached])
 
     # Cluster-wide calls.
     def on_every_node(

@@ -54,6 +54,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "After a node times out, calls to it fail at once for this long, then one tries again.",
     ),
     "CA_BUNDLE": ("", "CA bundle that nodes verify each other's TLS certificates against."),
+    "DRAIN_TIMEOUT": (
+        30.0,
+        "Seconds a node stopped with SIGTERM spends handing its keys off (0 = no hand-off).",
+    ),
     "HEARTBEAT_INTERVAL": (1.0, "Seconds between heartbeat rounds (manage.py heartbeat)."),
     "HEARTBEAT_TIMEOUT": (0.5, "Seconds the heartbeat waits for a node's /health."),
     "HEARTBEAT_FAILURES": (3, "Missed heartbeats in a row before a node is marked down."),

@@ -49,10 +49,8 @@ class NodeAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    # Keys do not migrate yet, so draining is leaving the ring; say so rather than promise more.
     @admin.action(
-        description="Drain selected nodes (leave the ring at once; their keys are not moved "
-        "yet and become misses)"
+        description="Drain selected nodes (hand their keys to the other nodes, then disable)"
     )
     def drain(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
         self._move(request, queryset, Node.Status.DRAINING, "Draining")
@@ -61,9 +59,13 @@ class NodeAdmin(admin.ModelAdmin):
     def disable(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
         self._move(request, queryset, Node.Status.DISABLED, "Disabled")
 
-    @admin.action(description="Enable selected nodes (back into the ring)")
+    @admin.action(
+        description="Enable selected nodes (back into the ring: joining, up once they "
+        "pulled their keys)"
+    )
     def enable(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
-        self._move(request, queryset, Node.Status.UP, "Enabled")
+        in_ring = [Node.Status.UP, Node.Status.JOINING]
+        self._move(request, queryset.exclude(status__in=in_ring), Node.Status.JOINING, "Enabled")
 
 
 @admin.register(RingVersion)

@@ -5,8 +5,8 @@ bounded by the timeout), then writes, per node, in the registry:
 
 - an answer (``/health`` 200, or 503 from a draining node): ``last_heartbeat``, failures
   reset to 0, ``last_stats`` from the node's stats (an internal call with the cluster secret);
-  a ``down`` node that answers again goes ``joining``, and a ``joining`` node that answers
-  goes ``up`` at the next round (once keys migrate, ``up`` waits for its data);
+  a ``down`` node that answers again goes ``joining`` (the node itself goes ``up`` once it
+  pulled its keys: ``nodes.migration``);
 - no answer: ``consecutive_failures`` + 1, and after ``failures`` in a row an ``up`` or
   ``joining`` node goes ``down``.
 
@@ -183,8 +183,6 @@ class Heartbeat:
         Node.objects.filter(pk=node.pk).update(**fields)
         if node.status == Status.DOWN:
             self._move(node, Status.DOWN, Status.JOINING, done)
-        elif node.status == Status.JOINING:
-            self._move(node, Status.JOINING, Status.UP, done)
 
     def _missed(self, node: Node, probe: Probe, done: Round) -> None:
         with transaction.atomic():

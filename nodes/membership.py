@@ -44,6 +44,8 @@ class Membership:
         self._thread: threading.Thread | None = None
         self.reload_errors = 0
         self.reloads = 0
+        # Called with (old ring or None, new ring) after each change, in the thread that saw it.
+        self.listeners: list[Callable[[Ring | None, Ring], None]] = []
 
     # -- the registry ---------------------------------------------------------------------
     def _load_from_registry(self) -> Ring:
@@ -101,10 +103,16 @@ class Membership:
             return False
         if not ring.nodes:
             ring = self.standalone()
-        changed = self._ring is None or ring.version != self._ring.version
+        old = self._ring
+        changed = old is None or ring.version != old.version
         with self._lock:
             self._ring = ring
         if changed:
+            for listener in self.listeners:
+                try:
+                    listener(old, ring)
+                except Exception:
+                    log.exception("a ring change listener failed")
             self.reloads += 1
             log.info(
                 "ring version %s: %s",

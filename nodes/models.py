@@ -143,15 +143,17 @@ class Node(models.Model):
 
     @classmethod
     def register(cls, name: str, url: str) -> Node:
-        """A starting node adds itself, or updates its row; a disabled node stays disabled."""
+        """A starting node adds itself, or updates its row, as ``joining``: it owns keys it
+        does not have yet, and goes ``up`` itself once it pulled them (``nodes.migration``).
+        A disabled node stays disabled."""
         with transaction.atomic():
             node: Node | None = cls.objects.select_for_update().filter(name=name).first()
             if node is None:
-                node = cls(name=name, url=url, status=cls.Status.UP)
+                node = cls(name=name, url=url, status=cls.Status.JOINING)
             else:
                 node.url = url
                 if node.status != cls.Status.DISABLED:
-                    node.status = cls.Status.UP
+                    node.status = cls.Status.JOINING
                 node.consecutive_failures = 0
             node.save()
         return node

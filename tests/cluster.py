@@ -61,6 +61,8 @@ def postgres_database() -> Iterator[str]:
 class Cluster:
     def __init__(self, registry: Registry, log_dir: Path, size: int, **env: str) -> None:
         self.registry = registry
+        self.log_dir = log_dir
+        self.env = env
         self.nodes = [NodeProcess(registry, f"n{i + 1}", log_dir, **env) for i in range(size)]
         self.session = requests.Session()
         self.session.headers["X-API-Key"] = registry.api_key
@@ -87,9 +89,15 @@ class Cluster:
         # waits on keep-alive connections held by another node that has not been told yet.
         self.session.close()
         for n in self.nodes:
-            n.terminate()
+            n.quit()
         for n in self.nodes:
             n.stop()
+
+    def add_node(self, name: str, **env: str) -> NodeProcess:
+        """Start one more node (with the cluster's settings) and wait until it is up."""
+        proc = NodeProcess(self.registry, name, self.log_dir, **{**self.env, **env})
+        self.nodes.append(proc)
+        return proc.start().wait_ready()
 
     def node(self, name: str) -> NodeProcess:
         return next(n for n in self.nodes if n.name == name)

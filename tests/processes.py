@@ -129,11 +129,15 @@ class NodeProcess:
         )
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> NodeProcess:
+    def wait_ready(self, timeout: float = 30.0, member: str | None = "up") -> NodeProcess:
+        """Wait until /health answers 200 and (unless ``member`` is None) the node's ring
+        lists it with that status: a started node is ``joining`` until it pulled its keys."""
+
         def healthy() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.name} exited:\n{self.log()}")
-            return requests.get(f"{self.url}/health", timeout=1).status_code == 200
+            r = requests.get(f"{self.url}/health", timeout=1)
+            return r.status_code == 200 and (member is None or r.json()["member"] == member)
 
         wait_for(healthy, timeout=timeout)
         return self
@@ -148,15 +152,26 @@ class NodeProcess:
             self.proc.wait(timeout=10)
 
     def terminate(self) -> None:
-        """Ask gunicorn to stop (graceful); ``stop`` waits for it."""
+        """SIGTERM: gunicorn's graceful stop, which first hands the node's keys off."""
+        self.signal(signal.SIGTERM)
+
+    def quit(self) -> None:
+        """SIGINT: gunicorn's quick stop, no hand-off (``stop`` waits for it)."""
+        self.signal(signal.SIGINT)
+
+    def signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, signum)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.terminate()
+        self.quit()
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -175,3 +190,29 @@ def running_node(registry: Registry, name: str, log_dir: Path, **env: str) -> It
         yield proc
     finally:
         proc.stop()
+
+
+@contextlib.contextmanager
+def running_heartbeat(
+    registry: Registry, log_path: Path, *args: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``manage.py heartbeat`` with ``args`` in the background, stopped on the way out."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "heartbeat", *args],
+            cwd=ROOT,
+            env=registry.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)

@@ -113,7 +113,8 @@ def test_put_returns_key_and_version_and_get_returns_value(api: Client, clock: F
     assert r.status_code == 200
     body = data(r)
     assert sorted(body) == ["copies", "key", "version"]
-    assert body["copies"] == 1 and r["X-Copies"] == "1"
+    assert body["copies"] == 1
+    assert r["X-Copies"] == "1"
     assert body["key"] == "greeting"
     assert VERSION_RE.fullmatch(body["version"])
     assert r["ETag"] == f'"{body["version"]}"'

@@ -273,10 +273,10 @@ def test_rolled_back_create_set_status_and_delete() -> None:
 # -- Node.register -----------------------------------------------------------------------------
 
 
-def test_register_creates_an_up_node() -> None:
+def test_register_creates_a_joining_node() -> None:
     node = Node.register("n1", "http://127.0.0.1:8001")
     stored = Node.objects.get(name="n1")
-    assert (stored.url, stored.status, stored.weight) == ("http://127.0.0.1:8001", "up", 1)
+    assert (stored.url, stored.status, stored.weight) == ("http://127.0.0.1:8001", "joining", 1)
     assert node.pk == stored.pk
     assert version() == 1
 
@@ -286,13 +286,13 @@ def test_register_updates_the_url_and_keeps_the_weight() -> None:
     before = version()
     Node.register("n1", "http://10.0.0.5:8001")
     stored = Node.objects.get(name="n1")
-    assert (stored.url, stored.status, stored.weight) == ("http://10.0.0.5:8001", "up", 3)
+    assert (stored.url, stored.status, stored.weight) == ("http://10.0.0.5:8001", "joining", 3)
     assert Node.objects.count() == 1
     assert version() == before + 1
 
 
-def test_register_of_an_unchanged_up_node_does_not_bump() -> None:
-    make("n1", url="http://127.0.0.1:8001")
+def test_register_of_an_unchanged_joining_node_does_not_bump() -> None:
+    make("n1", url="http://127.0.0.1:8001", status=Node.Status.JOINING)
     before = version()
     Node.register("n1", "http://127.0.0.1:8001")
     assert version() == before
@@ -309,13 +309,14 @@ def test_register_keeps_a_disabled_node_disabled() -> None:
     )
 
 
-@pytest.mark.parametrize("status", [Node.Status.DOWN, Node.Status.DRAINING, Node.Status.JOINING])
-def test_register_brings_a_node_back_up_and_resets_failures(status: str) -> None:
+@pytest.mark.parametrize("status", [Node.Status.DOWN, Node.Status.DRAINING, Node.Status.UP])
+def test_register_brings_a_node_back_as_joining_and_resets_failures(status: str) -> None:
+    # A (re)started node has an empty store: it joins, and goes up once it has its keys.
     make("n1", url="http://127.0.0.1:8001", status=status, consecutive_failures=4)
     before = version()
     Node.register("n1", "http://127.0.0.1:8001")
     stored = Node.objects.get(name="n1")
-    assert (stored.status, stored.consecutive_failures) == ("up", 0)
+    assert (stored.status, stored.consecutive_failures) == ("joining", 0)
     assert version() == before + 1
 
 
@@ -419,7 +420,7 @@ def test_changelist_filters_by_status(admin: Client) -> None:
     [
         ("drain", Node.Status.UP, Node.Status.DRAINING),
         ("disable", Node.Status.UP, Node.Status.DISABLED),
-        ("enable", Node.Status.DISABLED, Node.Status.UP),
+        ("enable", Node.Status.DISABLED, Node.Status.JOINING),
     ],
 )
 def test_actions_move_nodes_and_bump_once(admin: Client, name: str, start: str, end: str) -> None:
@@ -436,23 +437,23 @@ def test_actions_move_nodes_and_bump_once(admin: Client, name: str, start: str, 
     assert f"ring version is now {before + 1}" in text
 
 
-def test_drain_says_what_it_does_today(admin: Client) -> None:
-    """Keys do not migrate yet: the action must not promise a hand-off (README, Operations)."""
+def test_drain_says_what_it_does(admin: Client) -> None:
+    """Draining hands the keys off, then disables the node (nodes.migration)."""
     make("a")
     html = admin.get(CHANGELIST).content.decode()
     match = re.search(r'<option value="drain">([^<]*)</option>', html)
     assert match is not None, html
     description = match.group(1)
-    assert "hand" not in description.lower()
-    assert "leave the ring at once" in description
-    assert "misses" in description
+    assert "hand their keys" in description
+    assert "disable" in description
 
 
 def test_enable_brings_down_nodes_back_and_leaves_up_ones(admin: Client) -> None:
     nodes = [make("a"), make("b", status=Node.Status.DOWN)]
     before = version()
     response = action(admin, "enable", nodes)
-    assert dict(Node.objects.values_list("name", "status")) == {"a": "up", "b": "up"}
+    # Back in as joining: up once it pulled its keys (nodes.migration).
+    assert dict(Node.objects.values_list("name", "status")) == {"a": "up", "b": "joining"}
     assert version() == before + 1
     assert "1 node(s)" in messages_of(response)[0][1]
 

@@ -83,6 +83,10 @@ class KeyWrittenSerializer(serializers.Serializer):
     version = serializers.CharField(
         help_text="Write version `ms-counter-node`; also sent, quoted, as `ETag`."
     )
+    copies = serializers.IntegerField(
+        help_text="How many owners hold the write (at most `REPLICAS`; also `X-Copies`). "
+        "A write no owner took is a 503, never a success."
+    )
 
 
 class TouchSerializer(serializers.Serializer):
@@ -92,6 +96,10 @@ class TouchSerializer(serializers.Serializer):
 class TouchedSerializer(serializers.Serializer):
     key = serializers.CharField()
     ttl = _ttl("The TTL now set, or `null`.")
+    copies = serializers.IntegerField(
+        help_text="How many owners hold the write (at most `REPLICAS`; also `X-Copies`). "
+        "A write no owner took is a 503, never a success."
+    )
 
 
 class IncrSerializer(serializers.Serializer):
@@ -103,6 +111,10 @@ class IncrSerializer(serializers.Serializer):
 class IncrementedSerializer(serializers.Serializer):
     key = serializers.CharField()
     value = serializers.IntegerField(help_text="The value after the increment.")
+    copies = serializers.IntegerField(
+        help_text="How many owners hold the write (at most `REPLICAS`; also `X-Copies`). "
+        "A write no owner took is a 503, never a success."
+    )
 
 
 class KeyListSerializer(serializers.Serializer):
@@ -178,6 +190,10 @@ class NodeStatsSerializer(_CountersSerializer):
     ring_version = serializers.IntegerField()
     ops = serializers.DictField(child=serializers.IntegerField(), help_text="Calls per operation.")
     latency = serializers.DictField(child=LatencySerializer(), help_text="Per operation.")
+    migration = serializers.DictField(
+        help_text="Keys moved on ring changes: passes, pushed, pulled, dropped, failures, "
+        "cleared, last_pass_seconds, settled_version."
+    )
 
 
 class NodeUnreachableSerializer(serializers.Serializer):
@@ -243,6 +259,9 @@ class HealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=HEALTH_STATUSES)
     node = serializers.CharField()
     ring_version = serializers.IntegerField()
+    member = serializers.CharField(
+        help_text="This node's status in its ring (joining, up, draining, down, disabled)."
+    )
 
 
 # Errors: which 4xx (and 503) each operation can answer, always with the envelope.

@@ -491,10 +491,8 @@ class InternalApp:
             if any(node.name == owner for node in ring.owners(key)):
                 ttl = store.remaining(entry)
                 if ttl is None or ttl > 0:
-                    items.append(
-                        [key, encode_value(entry.value, entry.binary), entry.binary, ttl,
-                         format_version(entry.version)]  # fmt: skip
-                    )
+                    value = encode_value(entry.value, entry.binary)
+                    items.append([key, value, entry.binary, ttl, format_version(entry.version)])
         return _json({"items": items, "cursor": after, "layout": layout})
 
     def _node_stats(self, store: Store, body: Mapping[str, Any]) -> Answer:

@@ -372,6 +372,22 @@ class Store:
             now = self.clock()
             return sum(self._delete(key, version, now) for key in keys)
 
+    def discard(self, entries: Iterable[tuple[str, Version]]) -> int:
+        """Let go of entries handed off to other nodes: each key is removed only if it still
+        has the given version (a newer write meanwhile stays). Not a delete: no tombstone, not
+        counted as one. Returns how many went."""
+        gone = 0
+        with self._lock:
+            now = self.clock()
+            for key, version in entries:
+                record = self._live(key, now)
+                if record is not None and self._names.unpack(record)[2] == version:
+                    self._remove(key)
+                    gone += 1
+            if gone:
+                self._compact_if_sparse()
+        return gone
+
     def clear(self) -> int:
         """Drop every entry and tombstone; returns the number of entries. Counters stay."""
         with self._lock:

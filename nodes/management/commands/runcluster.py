@@ -89,12 +89,10 @@ class Command(BaseCommand):
         children: list[subprocess.Popen[bytes]] = []
         heartbeat: subprocess.Popen[bytes] | None = None
         stopping = False
-        stop_signal = signal.SIGTERM  # what the nodes get; a Ctrl-C here passes on as SIGINT
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            nonlocal stopping, stop_signal
+            nonlocal stopping
             stopping = True
-            stop_signal = signal.Signals(signum)
 
         previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -129,7 +127,9 @@ class Command(BaseCommand):
                 signal.signal(s, handler)
             # The heartbeat first: nodes stopping together must not be marked down one by one.
             self._stop_all([heartbeat] if heartbeat is not None else [], signal.SIGTERM)
-            self._stop_all(children, stop_signal)
+            # SIGINT is gunicorn's quick stop: SIGTERM would make every node hand its keys to
+            # the others, which are stopping too.
+            self._stop_all(children, signal.SIGINT)
             self.stdout.write("cluster stopped")
 
     def _spawn(

@@ -61,6 +61,7 @@ class Command(BaseCommand):
                 "CACHE_THREADS": str(options["threads"] or cluster_settings.THREADS),
                 "CACHE_WORKER_CONNECTIONS": str(cluster_settings.WORKER_CONNECTIONS),
                 "CACHE_PEER_CONNECTIONS": str(cluster_settings.PEER_CONNECTIONS),
+                "CACHE_DRAIN_TIMEOUT": str(cluster_settings.DRAIN_TIMEOUT),
                 "DJANGO_SETTINGS_MODULE": os.environ.get(
                     "DJANGO_SETTINGS_MODULE", "cache_project.settings"
                 ),
