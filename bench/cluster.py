@@ -376,13 +376,14 @@ class ClusterBench:
         started = time.perf_counter()
         with contextlib.ExitStack() as stack:
             for size in SIZES:
-                registry = Registry()
+                # One copy per key: this measures forwarding (replication: --only replication).
+                registry = Registry(CACHE_REPLICAS="1")
                 stack.callback(registry.remove)
                 nodes = [Node(registry, f"n{i}") for i in range(1, size + 1)]
                 for node in nodes:
                     stack.callback(node.stop)  # stop() is safe on a node that never started
                 self.clusters.append(Cluster(size, registry, nodes))
-            # Runs first on the way out: every node gets SIGTERM at once, so that the stop()
+            # Runs first on the way out: every node gets SIGINT at once, so that the stop()
             # calls above wait for their graceful shutdowns in parallel, not one after another.
             stack.callback(self._terminate_all)
             self._describe("start nodes")
@@ -409,7 +410,7 @@ class ClusterBench:
             for node in c.nodes:
                 if node.proc is not None and node.proc.poll() is None:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(node.proc.pid, signal.SIGTERM)
+                        os.killpg(node.proc.pid, signal.SIGINT)  # quick stop, no hand-off
 
     def _describe(self, text: str) -> None:
         if self.bar is not None:

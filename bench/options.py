@@ -55,9 +55,9 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> ar
     p.add_argument("--name", default="foundation", help="results file stem (foundation)")
     p.add_argument(
         "--only",
-        choices=["foundation", "cluster", "memory"],
+        choices=["foundation", "cluster", "memory", "replication"],
         default=None,
-        help="run only the foundation, the cluster or the memory benchmark (default: all)",
+        help="run only the foundation, cluster, memory or replication benchmark (default: all)",
     )
     p.add_argument(
         "--cluster-duration",

@@ -24,6 +24,7 @@ bytes per entry against Redis, and a node fed past its budget) writes ``memory.m
     .venv/bin/python bench/run.py --only foundation   # the foundation benchmark only
     .venv/bin/python bench/run.py --only cluster      # the cluster benchmark only
     .venv/bin/python bench/run.py --only memory       # the memory benchmark only
+    .venv/bin/python bench/run.py --only replication  # REPLICAS=1 against 2
     .venv/bin/python bench/run.py --quick             # a smoke run of all three (about 5 min)
 """
 
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster
 import memory
 import orjson
+import replication
 import requests
 from dataset import BATCH_KEYS, batches, make_dataset
 from load import (
@@ -978,6 +980,10 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     if args.only in (None, "memory"):
         rc = memory.main(args, command)
+        if rc:
+            return rc
+    if args.only in (None, "replication"):
+        rc = replication.main(args, command)
     return rc
 
 

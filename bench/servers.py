@@ -125,6 +125,7 @@ class Server:
     ``cpu_seconds()``, ``stop()``. Subclasses give the command line and the readiness path."""
 
     ready_path = "/health"
+    stop_signal = signal.SIGTERM
 
     def __init__(
         self,
@@ -204,7 +205,7 @@ class Server:
         proc = self.proc
         if proc is not None and proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, self.stop_signal)
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
@@ -225,6 +226,9 @@ class Server:
 
 class Node(Server):
     """One ``manage.py runnode`` process group (the command execs gunicorn in place)."""
+
+    # gunicorn's quick stop: SIGTERM would hand the node's keys to the others first.
+    stop_signal = signal.SIGINT
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ from typing import Any
 import urllib3
 
 from cacheapi import values
-from nodes.ring import Ring, RingNode
+from nodes.ring import Ring, RingNode, read_order
 
 DEFAULT: Any = object()  # "no ttl given": the cluster's default TTL applies
 MAX_BATCH_KEYS = 1000  # the nodes' default MAX_BATCH_KEYS: a batch part at most
@@ -137,11 +137,18 @@ class CacheClient:
                 return self._ring
             raise Unavailable(f"no node answered for the ring: {last}")
 
-    def _owner(self, key: str) -> RingNode:
-        node = self.ring.primary(key)
-        if node is None:
+    def _owner(self, key: str, avoid: Collection[str] = ()) -> RingNode:
+        """The node to send a key's call to: its first owner that is up (a joining one may
+        still lack it), skipping ``avoid`` (nodes that just failed) while another member is
+        left: every node coordinates, and a replica owner serves a read from its own store."""
+        ring = self.ring
+        owners = read_order(ring.owners(key))
+        if not owners:
             raise Unavailable("the ring has no live node")
-        return node
+        for node in [*owners, *ring.members]:
+            if node.name not in avoid:
+                return node
+        return owners[0]  # nobody else: the one retry goes to the same node
 
     def _request(
         self,
@@ -158,7 +165,8 @@ class CacheClient:
         repeatable: bool | None = None,
     ) -> Any:
         """One call to the key's owner (or to ``node``, or to ``pick(nodes that failed)``);
-        on a dead node, refresh the ring and retry once (never with ``node``).
+        on a dead node, refresh the ring and retry once (never with ``node``) on the key's
+        next owner: a dead node stays in the ring until the heartbeat marks it down.
 
         The retry is safe only when repeating the call cannot change its outcome: always when
         no connection was made (the request was never sent), otherwise only for reads and
@@ -177,7 +185,7 @@ class CacheClient:
                     raise Unavailable(f"{dead[-1]} did not answer and no other node can serve")
                 target = chosen
             else:
-                target = self._owner(key or "")
+                target = self._owner(key or "", dead)
             try:
                 response = self._http.request(
                     method,

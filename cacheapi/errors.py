@@ -116,6 +116,12 @@ class Unavailable(CacheError):
     code = "unavailable"
 
 
+class Joining(Unavailable):
+    """A joining node does not have the key (yet): ask the key's next owner."""
+
+    code = "joining"
+
+
 class RingBehind(Unavailable):
     """This node's ring is older than the caller's: it cannot tell yet what the caller owns."""
 
@@ -179,6 +185,7 @@ STATUS: dict[str, int] = {
     "bad_gateway": 502,
     "unavailable": 503,
     "ring_behind": 503,
+    "joining": 503,
     "overloaded": 503,
 }
 

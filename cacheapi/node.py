@@ -28,6 +28,7 @@ from nodes.ring import Ring
 
 log = logging.getLogger(__name__)
 SWEEP_ROUNDS = 16  # most store sweeps in one tick of the sweeper
+HINT_REPLAY_SECONDS = 0.5  # between rounds of hinted hand-off
 
 
 class Node:
@@ -103,6 +104,13 @@ class Node:
         """This node's counters, latencies and ring version (``GET /api/v1/stats``)."""
         stats = stats_module.node_stats(self.name, self.ring.version, self.store, self.recorder)
         stats["migration"] = self.migrator.stats.as_dict()
+        hints = self.router.hints
+        stats["hints"] = {
+            "pending": sum(hints.pending().values()),
+            "added": hints.added,
+            "replayed": hints.replayed,
+            "dropped": hints.dropped,
+        }
         return stats
 
     def cluster_stats(self) -> dict[str, Any]:
@@ -123,6 +131,15 @@ class Node:
         self.membership.start()
         self.migrator.start()
         threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
+        threading.Thread(target=self._replay_forever, name="hints", daemon=True).start()
+
+    def _replay_forever(self) -> None:
+        while not self._stop.wait(HINT_REPLAY_SECONDS):
+            try:
+                if self.router.hints.pending():
+                    self.router.hints.replay(self.ring, self.peers, self.name)
+            except Exception:
+                log.exception("replaying hints failed")
 
     def leave(self) -> bool:
         """Hand every key off before this process exits (SIGTERM), within DRAIN_TIMEOUT."""
@@ -205,6 +222,7 @@ def internal_app(
         max_body=internal_max_body,
         ring_version=lambda: current().ring.version,
         ring=lambda: current().ring,
+        name=lambda: current().name,
         stats=lambda: current().stats(),
         observe=recorder.observe,
         already_handled=already_handled,

@@ -18,6 +18,8 @@ the owner.
   short wait: a frozen node must not cost every read the full forward timeout), the next owner
   is read at once, without waiting for the heartbeat. A miss falls back to a draining node
   that would own the key (it hands its keys off before it leaves).
+- An owner that missed an acknowledged write (it did not answer) gets a *hint*, replayed
+  when it answers again (``cacheapi.hints``), so it does not serve its older value after.
 - Batches are grouped by owner and sent in parallel; a node that fails costs only its own keys,
   which are retried on their next owner (reads) or come back in ``failed``.
 
@@ -34,9 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cacheapi import errors, values
+from cacheapi.hints import Hint, Hints
 from cacheapi.peer.client import PeerClient, Pending
 from cacheapi.store import Hit, SetItem, Store, StoreError, Version
-from nodes.ring import Ring, RingNode
+from nodes.ring import Ring, RingNode, read_order
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +76,9 @@ class EveryNode:
     failed: list[str] = field(default_factory=list)
 
 
-def read_order(owners: list[RingNode]) -> list[RingNode]:
-    """Owners in the order reads try them: ``up`` ones first, ``joining`` ones last."""
-    if all(o.status != "joining" for o in owners):
-        return owners
-    return [o for o in owners if o.status != "joining"] + [
-        o for o in owners if o.status == "joining"
-    ]
+def _unanswered(exc: errors.CacheError) -> bool:
+    """The owner did not answer (or not as a node should): it may have missed the write."""
+    return isinstance(exc, errors.Unavailable | errors.BadGateway)
 
 
 def _live(hit: Hit | None) -> Hit | None:
@@ -96,6 +95,7 @@ class Router:
         peers: PeerClient | None = None,
         on_forward: Callable[[str, str], None] | None = None,
         failover_timeout: float = DEFAULT_FAILOVER_TIMEOUT,
+        hints: Hints | None = None,
     ) -> None:
         self.store = store
         self.node = node
@@ -103,6 +103,7 @@ class Router:
         self.peers = peers
         self._on_forward = on_forward or (lambda op, node: None)
         self.failover_timeout = failover_timeout
+        self.hints = hints if hints is not None else Hints()
         self._with_draining: tuple[Ring, Ring] | None = None
 
     @property
@@ -145,6 +146,10 @@ class Router:
                 try:
                     timeout = None if last else self.failover_timeout
                     hit = self._remote("get", node).get(node, key, timeout)
+                except errors.Joining:
+                    hit = None  # a miss there; the next owner may have it
+                    if not last:
+                        continue
                 except (errors.Unavailable, errors.BadGateway) as exc:
                     failure = failure or exc
                     continue
@@ -197,13 +202,16 @@ class Router:
         owners: Sequence[RingNode],
         local_fn: Callable[[], Any],
         remote_fn: Callable[[PeerClient, RingNode], Pending[Any]],
+        hint: tuple[str, Hint] | None = None,
     ) -> list[Any]:
         """Run ``local_fn`` if this node is among ``owners`` and ``remote_fn`` on the others,
         all sent before any answer is read; the answers of the owners that confirmed.
-        Unavailable (or the owners' own error) when none did."""
+        Unavailable (or the owners' own error) when none did. An acknowledged write that an
+        owner missed (it did not answer) leaves ``hint`` (key, what it missed) for it."""
         pending: list[Pending[Any]] = []
         answers: list[Any] = []
         failure: errors.CacheError | None = None
+        missed: list[str] = []
         try:
             mine = False
             for node in owners:
@@ -214,6 +222,8 @@ class Router:
                     pending.append(remote_fn(self._remote(op, node), node))
                 except errors.CacheError as exc:
                     failure = failure or exc
+                    if _unanswered(exc):
+                        missed.append(node.name)
             if mine:
                 answers.append(local_fn())
             while pending:
@@ -223,6 +233,8 @@ class Router:
                 except errors.CacheError as exc:
                     log.warning("%s on %s failed: %s", op, part.node.name, exc)
                     failure = failure or exc
+                    if _unanswered(exc):
+                        missed.append(part.node.name)
         finally:
             for part in pending:
                 part.close()
@@ -230,6 +242,9 @@ class Router:
             if isinstance(failure, errors.Relayed | errors.BadGateway):
                 raise failure
             raise errors.Unavailable(f"{op}: no owner could be written ({failure})")
+        if hint is not None:
+            for name in missed:
+                self.hints.add(name, *hint)
         return answers
 
     def set(self, key: str, value: bytes, binary: bool, ttl: float | None) -> Written:
@@ -251,6 +266,7 @@ class Router:
             owners,
             lambda: self.store.set(key, value, binary=binary, ttl=ttl, version=version),
             lambda p, node: p.start_put(node, key, value, binary, ttl, version),
+            (key, Hint("put", version, value, binary, self.hints.deadline(ttl))),
         )
         return Written(version, len(answers))
 
@@ -335,6 +351,7 @@ class Router:
             self.owners(key),
             lambda: self.store.delete(key, version=version),
             lambda p, node: p.start_delete(node, key, version),
+            (key, Hint("delete", version)),
         )
         if not any(answers):
             raise errors.NotFound(f"no key {key!r}")
@@ -349,6 +366,7 @@ class Router:
             self.owners(key),
             lambda: self.store.touch(key, ttl, version=version),
             lambda p, node: p.start_touch(node, key, ttl, version),
+            (key, Hint("touch", version, deadline=self.hints.deadline(ttl))),
         )
         if not any(answers):
             raise errors.NotFound(f"no key {key!r}")
@@ -398,6 +416,7 @@ class Router:
         local_fn: Callable[[list[str]], Any],
         remote_fn: Callable[[PeerClient, RingNode, list[str]], Pending[Any]],
         timeout_for: Callable[[RingNode], float | None] = lambda node: None,
+        missed: dict[str, list[str]] | None = None,
     ) -> tuple[list[tuple[list[str], Any]], list[str]]:
         """Run ``local_fn`` on this node's group and ``remote_fn`` on each other node's.
 
@@ -418,6 +437,8 @@ class Router:
                 except errors.CacheError as exc:
                     log.warning("batch %s on %s failed for %d keys: %s", op, name, len(group), exc)
                     failed.extend(group)
+                    if missed is not None and _unanswered(exc):
+                        missed[name] = group
             if mine:
                 results.append((mine, local_fn(mine)))
             while pending:
@@ -429,6 +450,8 @@ class Router:
                         "batch %s on %s failed for %d keys: %s", op, part.node.name, len(group), exc
                     )
                     failed.extend(group)
+                    if missed is not None and _unanswered(exc):
+                        missed[part.node.name] = group
         finally:
             for _, part in pending:  # unread when the local part raised
                 part.close()
@@ -553,7 +576,11 @@ class Router:
         def there(peers: PeerClient, node: RingNode, group: list[str]) -> Pending[int]:
             return peers.start_set_many(node, [by_key[k] for k in group], version)
 
-        return self._write_many("set_many", ring, list(by_key), here, there)
+        def hint(key: str) -> Hint:
+            _, value, binary, ttl = by_key[key]
+            return Hint("put", version, value, binary, self.hints.deadline(ttl))
+
+        return self._write_many("set_many", ring, list(by_key), here, there, hint)[0]
 
     def _write_many(
         self,
@@ -562,18 +589,26 @@ class Router:
         keys: list[str],
         here: Callable[[list[str]], Any],
         there: Callable[[PeerClient, RingNode, list[str]], Pending[Any]],
-    ) -> BatchResult:
+        hint: Callable[[str], Hint],
+    ) -> tuple[BatchResult, list[tuple[list[str], Any]]]:
         """A batch write to every owner of each key: the keys that reached at least one
-        owner are counted, the others are ``failed``."""
+        owner are counted, the others are ``failed``; an owner that missed keys others took
+        gets hints. Also returns each owner's answer."""
         if not len(ring):
             log.warning("batch %s: the ring has no live node; %d keys failed", op, len(keys))
-            return BatchResult(failed=keys)
+            return BatchResult(failed=keys), []
         groups, _ = self._by_owner(ring, keys, every=True)
-        results, _failed = self._fan_out(op, groups, ring, here, there)
+        missed: dict[str, list[str]] = {}
+        results, _failed = self._fan_out(op, groups, ring, here, there, missed=missed)
         reached: set[str] = set()
         for group, _answer in results:
             reached.update(group)
-        return BatchResult(count=len(reached), failed=[k for k in keys if k not in reached])
+        for name, group in missed.items():
+            for key in group:
+                if key in reached:
+                    self.hints.add(name, key, hint(key))
+        failed = [k for k in keys if k not in reached]
+        return BatchResult(count=len(reached), failed=failed), results
 
     def delete_many(self, keys: Sequence[str]) -> BatchResult:
         version = self.store.hlc.now()
@@ -589,15 +624,13 @@ class Router:
             return peers.start_delete_many(node, group, version)
 
         keys = list(dict.fromkeys(keys))
-        if not len(ring):
-            return BatchResult(failed=keys)
-        groups, _ = self._by_owner(ring, keys, every=True)
-        results, _failed = self._fan_out("delete_many", groups, ring, here, there)
-        reached: set[str] = set()
-        for group, answer in results:
-            reached.update(group)
-            removed.update(answer)
-        return BatchResult(count=len(removed), failed=[k for k in keys if k not in reached])
+        result, answers = self._write_many(
+            "delete_many", ring, keys, here, there, lambda key: Hint("delete", version)
+        )
+        for _, gone in answers:
+            removed.update(gone)
+        result.count = len(removed)
+        return result
 
     # Cluster-wide calls.
     def on_every_node(

@@ -288,3 +288,13 @@ class Ring:
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed ring: {exc!r}") from exc
+
+
+def read_order(owners: list[RingNode]) -> list[RingNode]:
+    """A key's owners in the order reads try them: ``up`` ones first, ``joining`` ones last
+    (a joining node is still pulling its keys). Nodes, the client and the backend agree."""
+    if all(o.status != "joining" for o in owners):
+        return owners
+    return [o for o in owners if o.status != "joining"] + [
+        o for o in owners if o.status == "joining"
+    ]

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from tests.processes import ROOT, NodeProcess, Registry
+from tests.processes import ROOT, NodeProcess, Registry, wait_for
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -72,7 +72,18 @@ class Cluster:
             n.start()
         for n in self.nodes:
             n.wait_ready()
+        self.wait_same_ring()
         return self
+
+    def wait_same_ring(self, timeout: float = 30.0) -> None:
+        """Wait until every node serves the same ring version (each reloads on its own)."""
+
+        def one_version() -> bool:
+            live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+            seen = {requests.get(f"{n.url}/health", timeout=2).json()["ring_version"] for n in live}
+            return len(seen) == 1
+
+        wait_for(one_version, timeout=timeout)
 
     def __enter__(self) -> Cluster:
         try:
@@ -93,11 +104,19 @@ class Cluster:
         for n in self.nodes:
             n.stop()
 
-    def add_node(self, name: str, **env: str) -> NodeProcess:
-        """Start one more node (with the cluster's settings) and wait until it is up."""
+    def add_node(self, name: str, *extra: str, **env: str) -> NodeProcess:
+        """Start one more node (with the cluster's settings, ``extra`` runnode arguments) and
+        wait until it is up."""
+        return self.start_node(self.new_node(name, **env), *extra)
+
+    def new_node(self, name: str, **env: str) -> NodeProcess:
         proc = NodeProcess(self.registry, name, self.log_dir, **{**self.env, **env})
         self.nodes.append(proc)
-        return proc.start().wait_ready()
+        return proc
+
+    @staticmethod
+    def start_node(proc: NodeProcess, *extra: str) -> NodeProcess:
+        return proc.start(*extra).wait_ready()
 
     def node(self, name: str) -> NodeProcess:
         return next(n for n in self.nodes if n.name == name)

@@ -270,9 +270,9 @@ def test_incr_default_delta_and_negative(api: Client) -> None:
     r = api.post(url("n") + "/incr", {}, content_type=JSON)
     assert data(r) == {"key": "n", "value": 12, "copies": 1}
     r = api.post(url("n") + "/incr", {"delta": 8}, content_type=JSON)
-    assert data(r) == {"key": "n", "value": 20}
+    assert data(r) == {"key": "n", "value": 20, "copies": 1}
     r = api.post(url("n") + "/incr", {"delta": -25}, content_type=JSON)
-    assert data(r) == {"key": "n", "value": -5}
+    assert data(r) == {"key": "n", "value": -5, "copies": 1}
     assert stored("n") == -5
     get = api.get(url("n"))
     assert data(get)["value"] == -5
@@ -783,7 +783,7 @@ def test_flush_empties_the_store(api: Client) -> None:
 def test_health_is_open() -> None:
     r = Client().get("/health")
     assert r.status_code == 200
-    assert data(r) == {"status": "ok", "node": "n1", "ring_version": 0}
+    assert data(r) == {"status": "ok", "node": "n1", "ring_version": 0, "member": "up"}
     # A bad key does not matter here.
     r = Client(headers={"X-API-Key": "bogus"}).get("/health")
     assert data(r)["status"] == "ok"
@@ -793,7 +793,7 @@ def test_health_while_draining_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(node.Node, "draining", property(lambda self: True))
     r = Client().get("/health")
     assert r.status_code == 503
-    assert data(r) == {"status": "draining", "node": "n1", "ring_version": 0}
+    assert data(r) == {"status": "draining", "node": "n1", "ring_version": 0, "member": "draining"}
 
 
 def test_metrics_are_open_prometheus_text(api: Client) -> None:
@@ -990,7 +990,8 @@ def test_seed_routes_need_the_key(api: Client) -> None:
 
 
 def test_seed_health_matches_rest_health() -> None:
-    assert data(Client().get("/health")) == {"status": "ok", "node": "n1", "ring_version": 0}
+    expected = {"status": "ok", "node": "n1", "ring_version": 0, "member": "up"}
+    assert data(Client().get("/health")) == expected
 
 
 # /sync: versioned writes from other nodes ---------------------------------------------------------

@@ -68,7 +68,12 @@ def test_node_serves_the_api_over_http(node_process, registry):
     assert r.json()["error"]["code"] == "unauthorized"
 
     health = requests.get(f"{base}/health").json()
-    assert health == {"status": "ok", "node": "n1", "ring_version": health["ring_version"]}
+    assert health == {
+        "status": "ok",
+        "node": "n1",
+        "ring_version": health["ring_version"],
+        "member": "up",
+    }
     metrics = requests.get(f"{base}/metrics").text
     assert "cache_items 3.0" in metrics
     stats = s.get(f"{base}/api/v1/stats").json()
@@ -174,7 +179,7 @@ def test_peers_fall_back_to_one_request_per_call_on_a_gthread_node(registry, tmp
         owner = RingNode(name="n1", url=proc.url)
         peers.set(owner, "k", b"1", False, None)
         assert peers.get(owner, "k").value == b"1"
-        assert peers.start_delete_many(owner, ["k"]).result() == 1
+        assert peers.start_delete_many(owner, ["k"]).result() == ["k"]
         pool = peers._transport.pool(proc.url)
         wait_for(lambda: pool._streams_refused_until > time.monotonic(), timeout=5)
         assert peers.get(owner, "missing") is None  # still served, as HTTP

@@ -194,6 +194,10 @@ class NodeStatsSerializer(_CountersSerializer):
         help_text="Keys moved on ring changes: passes, pushed, pulled, dropped, failures, "
         "cleared, last_pass_seconds, settled_version."
     )
+    hints = serializers.DictField(
+        help_text="Hinted hand-off: writes other owners missed, kept here to replay "
+        "(pending, added, replayed, dropped)."
+    )
 
 
 class NodeUnreachableSerializer(serializers.Serializer):

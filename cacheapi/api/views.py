@@ -387,7 +387,7 @@ class HealthViewSet(NodeViewSet):
             "status": "draining" if draining else "ok",
             "node": node.name,
             "ring_version": node.ring.version,
-            "member": node.membership.status,
+            "member": "draining" if draining else node.membership.status,
         }
         return Response(body, status=503 if draining else 200)
 

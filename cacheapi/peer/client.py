@@ -440,4 +440,6 @@ def _relay(node: Any, response: Response) -> errors.CacheError:
         return errors.BadGateway(f"{node.name} refused an internal call: {message}")
     if response.status >= 500 and response.status != 503:  # its own failure, not the client's
         return errors.BadGateway(f"{node.name} failed: {message}")
+    if code == errors.Joining.code:
+        return errors.Joining(f"{node.name}: {message}")
     return errors.Relayed(code, f"{node.name}: {message}")

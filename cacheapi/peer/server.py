@@ -18,7 +18,8 @@ backslash), so an internal body may be up to ``2 x MAX_REQUEST_BYTES`` (plus 1 M
 Operations (body -> answer):
 
 - ``get`` ``{"key"}`` -> the stored bytes as the body, with ``X-Value-Type`` (json or binary),
-  ``X-TTL`` (seconds left, or none) and ``X-Version``; 404 when absent
+  ``X-TTL`` (seconds left, or none) and ``X-Version``; 404 when absent, 503 ``joining`` when
+  absent from a node still pulling its keys (the coordinator asks the next owner)
 - ``set`` ``{"key", "value", "binary", "ttl", "if_absent"?, "if_version"?, "version"?}`` ->
   ``{"version", "applied"}``; 412 when the condition fails. With ``version`` (a replicated
   write, stamped by the coordinator) the write applies only if newer than what the node holds;
@@ -27,7 +28,8 @@ Operations (body -> answer):
 - ``touch`` ``{"key", "ttl", "version"?}`` -> ``{"touched": bool}``
 - ``incr`` ``{"key", "delta"}`` -> ``{"value", "version", "ttl"}``; 404 when absent, 409 not an
   integer
-- ``get_many`` ``{"keys"}`` -> ``{"values": {key: json text}, "binary": {key: base64}}``
+- ``get_many`` ``{"keys"}`` -> ``{"values": {key: json text}, "binary": {key: base64}}``;
+  503 ``joining`` if some are absent from a joining node
 - ``set_many`` ``{"items": [[key, value, binary, ttl], ...], "version"?}`` -> ``{"stored": n}``
 - ``delete_many`` ``{"keys", "version"?}`` -> ``{"deleted": n, "removed": [key, ...]}``
 - ``sync`` ``{"items": [[key, value, binary, ttl, version], ...]}`` -> ``{"stored", "skipped"}``:
@@ -184,6 +186,7 @@ class InternalApp:
         max_body: Callable[[], int],
         ring_version: Callable[[], int] = lambda: 0,
         ring: Callable[[], Any] | None = None,
+        name: Callable[[], str] = lambda: "",
         stats: Callable[[], dict[str, Any]] = dict,
         observe: Callable[[str, float, bool], None] = lambda op, seconds, error: None,
         already_handled: object | None = None,
@@ -194,6 +197,7 @@ class InternalApp:
         self._max_body = max_body
         self._ring_version = ring_version
         self._ring = ring
+        self._name = name
         self._stats = stats
         self._observe = observe
         # Streams need a server that lets the app keep the connection: gunicorn's async
@@ -372,10 +376,19 @@ class InternalApp:
         return bytes(raw)
 
     # Operations: each validates its body, then runs one store call.
+    def _joining(self) -> bool:
+        """This node is joining: it may lack keys it owns (it is still pulling them)."""
+        if self._ring is None:
+            return False
+        me = self._ring().node(self._name())
+        return me is not None and me.status == "joining"
+
     def _get(self, store: Store, body: Mapping[str, Any]) -> Answer:
         key = _key(body)
         hit = store.read(key)
         if hit is None or (hit.ttl is not None and hit.ttl <= 0):
+            if self._joining():
+                raise errors.Joining(f"no key {key!r} here yet (joining)")
             raise errors.NotFound(f"no key {key!r}")
         return 200, hit.value, [("Content-Type", "application/octet-stream"), *hit_headers(hit)]
 
@@ -429,7 +442,10 @@ class InternalApp:
         return 200, orjson.dumps(answer), _JSON
 
     def _get_many(self, store: Store, body: Mapping[str, Any]) -> Answer:
-        found = store.values_many(_keys(body))
+        keys = _keys(body)
+        found = store.values_many(keys)
+        if len(found) < len(set(keys)) and self._joining():
+            raise errors.Joining("some keys are not here yet (joining)")
         texts = {k: v.decode("utf-8") for k, (v, binary) in found.items() if not binary}
         blobs = {k: encode_value(v, True) for k, (v, binary) in found.items() if binary}
         return _json({"values": texts, "binary": blobs})

@@ -1,0 +1,148 @@
+"""Hinted hand-off: writes an owner missed, kept by the coordinator and replayed later.
+
+A replicated write is acknowledged once one owner took it (``cacheapi.router``). An owner that
+did not answer in time (frozen for a moment, a stalled link, busy) but is not marked down
+would otherwise keep its older value, and serve it once it answers again. So the coordinator
+keeps a *hint* per (owner, key): the write it missed, with its version. A background task
+(``Node``) replays hints to owners that answer again: puts as versioned ``sync`` writes, deletes
+and touches with their versions, so a replay never undoes a newer write (last write wins on the
+owner). Only the latest hint per key is kept, a touch folds into a pending put, and each owner
+keeps at most ``limit`` hints (the oldest go first, counted in ``dropped``). Hints for an
+owner that left the ring, or for keys it no longer owns, are dropped: a node that comes back
+after being marked down empties its store and pulls (``nodes.migration``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cacheapi import errors
+from cacheapi.peer.client import PeerClient, Pending
+from cacheapi.store import Version
+from nodes.ring import Ring
+
+log = logging.getLogger(__name__)
+
+HINT_LIMIT = 100_000  # hints kept per owner
+REPLAY_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    kind: str  # "put", "delete" or "touch"
+    version: Version
+    value: bytes = b""
+    binary: bool = False
+    deadline: float | None = None  # monotonic time it expires (put, touch); None: never
+
+
+class Hints:
+    def __init__(
+        self, limit: int = HINT_LIMIT, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.clock = clock
+        self._by_node: dict[str, OrderedDict[str, Hint]] = {}
+        self._lock = threading.Lock()
+        self.added = self.replayed = self.dropped = 0
+
+    def deadline(self, ttl: float | None) -> float | None:
+        return None if ttl is None else self.clock() + ttl
+
+    def add(self, node: str, key: str, hint: Hint) -> None:
+        with self._lock:
+            pending = self._by_node.setdefault(node, OrderedDict())
+            old = pending.get(key)
+            if old is not None and old.version > hint.version:
+                return  # a newer write is already waiting
+            if hint.kind == "touch" and old is not None and old.kind == "put":
+                hint = replace(old, version=hint.version, deadline=hint.deadline)
+            pending[key] = hint
+            pending.move_to_end(key)
+            self.added += 1
+            while len(pending) > self.limit:
+                pending.popitem(last=False)
+                self.dropped += 1
+
+    def pending(self) -> dict[str, int]:
+        with self._lock:
+            return {node: len(keys) for node, keys in self._by_node.items() if keys}
+
+    def take(self, node: str, count: int) -> list[tuple[str, Hint]]:
+        with self._lock:
+            pending = self._by_node.get(node)
+            taken: list[tuple[str, Hint]] = []
+            while pending and len(taken) < count:
+                taken.append(pending.popitem(last=False))
+            return taken
+
+    def give_back(self, node: str, taken: list[tuple[str, Hint]]) -> None:
+        for key, hint in taken:
+            self.add(node, key, hint)
+        with self._lock:
+            self.added -= len(taken)
+
+    def forget(self, node: str) -> int:
+        with self._lock:
+            dropped = len(self._by_node.pop(node, {}))
+            self.dropped += dropped
+            return dropped
+
+    def replay(self, ring: Ring, peers: PeerClient, me: str) -> int:
+        """One round: send each live owner's hints (a batch per owner, all sent before any
+        answer is read); an owner that fails gets them back for the next round. Returns how
+        many were replayed."""
+        done = 0
+        for name in list(self.pending()):
+            node = ring.node(name)
+            if node is None or not node.in_ring or name == me:
+                self.forget(name)
+                continue
+            try:
+                peers.suspects.check(name)
+            except errors.Unavailable:
+                continue  # it timed out moments ago: try it next round
+            taken = self.take(name, REPLAY_BATCH)
+            still_owned = [(k, h) for k, h in taken if any(o.name == name for o in ring.owners(k))]
+            with self._lock:
+                self.dropped += len(taken) - len(still_owned)
+            try:
+                self._send(peers, node, still_owned)
+            except errors.CacheError as exc:
+                log.info("replaying %d hints to %s: %s; later", len(still_owned), name, exc)
+                self.give_back(name, still_owned)
+                continue
+            done += len(still_owned)
+            with self._lock:
+                self.replayed += len(still_owned)
+        return done
+
+    def _send(self, peers: PeerClient, node: object, hints: list[tuple[str, Hint]]) -> None:
+        now = self.clock()
+        puts = []
+        calls: list[Pending[object]] = []
+        try:
+            for key, hint in hints:
+                ttl = None if hint.deadline is None else hint.deadline - now
+                if ttl is not None and ttl <= 0:
+                    if hint.kind == "put":
+                        continue  # expired meanwhile: nothing to bring back
+                    ttl = 0.001
+                if hint.kind == "put":
+                    puts.append((key, hint.value, hint.binary, ttl, hint.version))
+                elif hint.kind == "delete":
+                    calls.append(peers.start_delete(node, key, hint.version))
+                else:
+                    calls.append(peers.start_touch(node, key, ttl, hint.version))
+            if puts:
+                calls.append(peers.start_sync(node, puts))
+            while calls:
+                calls.pop(0).result()
+        finally:
+            for call in calls:
+                call.close()
