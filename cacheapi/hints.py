@@ -14,12 +14,14 @@ after being marked down empties its store and pulls (``nodes.migration``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from cacheapi import errors
 from cacheapi.peer.client import PeerClient, Pending
@@ -103,10 +105,6 @@ class Hints:
             if node is None or not node.in_ring or name == me:
                 self.forget(name)
                 continue
-            try:
-                peers.suspects.check(name)
-            except errors.Unavailable:
-                continue  # it timed out moments ago: try it next round
             taken = self.take(name, REPLAY_BATCH)
             still_owned = [(k, h) for k, h in taken if any(o.name == name for o in ring.owners(k))]
             with self._lock:
@@ -123,24 +121,33 @@ class Hints:
         return done
 
     def _send(self, peers: PeerClient, node: object, hints: list[tuple[str, Hint]]) -> None:
+        """The puts as one ``sync`` call, deletes and touches one call each. The first call is
+        answered before the others go out: for a peer that timed out lately it is the one
+        trial call the peer client lets through."""
         now = self.clock()
         puts = []
-        calls: list[Pending[object]] = []
-        try:
-            for key, hint in hints:
-                ttl = None if hint.deadline is None else hint.deadline - now
-                if ttl is not None and ttl <= 0:
-                    if hint.kind == "put":
-                        continue  # expired meanwhile: nothing to bring back
-                    ttl = 0.001
+        sends: list[Callable[[], Pending[Any]]] = []
+        for key, hint in hints:
+            ttl = None if hint.deadline is None else hint.deadline - now
+            if ttl is not None and ttl <= 0:
                 if hint.kind == "put":
-                    puts.append((key, hint.value, hint.binary, ttl, hint.version))
-                elif hint.kind == "delete":
-                    calls.append(peers.start_delete(node, key, hint.version))
-                else:
-                    calls.append(peers.start_touch(node, key, ttl, hint.version))
-            if puts:
-                calls.append(peers.start_sync(node, puts))
+                    continue  # expired meanwhile: nothing to bring back
+                ttl = 0.001
+            if hint.kind == "put":
+                puts.append((key, hint.value, hint.binary, ttl, hint.version))
+            elif hint.kind == "delete":
+                sends.append(functools.partial(peers.start_delete, node, key, hint.version))
+            else:
+                sends.append(functools.partial(peers.start_touch, node, key, ttl, hint.version))
+        if puts:
+            sends.insert(0, functools.partial(peers.start_sync, node, puts))
+        if not sends:
+            return
+        sends.pop(0)().result()
+        calls: list[Pending[Any]] = []
+        try:
+            for send in sends:
+                calls.append(send())
             while calls:
                 calls.pop(0).result()
         finally:

@@ -222,6 +222,8 @@ def test_the_data_plane_goes_on_while_the_registry_is_away(tmp_path: Path):
         registry = Registry(url.replace(":5432/", f":{db.port}/"), CACHE_SECRET=SECRET)
         with Cluster(registry, tmp_path, 3) as cluster:
             expected = fill(cluster, 500)
+            for via in cluster.nodes:  # each node has verified the client's key once
+                assert cluster.get(via, "/api/v1/stats").status_code == 200
             db.set_mode("drop")  # every registry connection is reset, new ones refused
             for i, via in enumerate(cluster.nodes):
                 items = {f"outage:{i}:{j}": j for j in range(100)}
