@@ -6,8 +6,9 @@ would otherwise keep its older value, and serve it once it answers again. So the
 keeps a *hint* per (owner, key): the write it missed, with its version. A background task
 (``Node``) replays hints to owners that answer again: puts as versioned ``sync`` writes, deletes
 and touches with their versions, so a replay never undoes a newer write (last write wins on the
-owner). Only the latest hint per key is kept, a touch folds into a pending put, and each owner
-keeps at most ``limit`` hints (the oldest go first, counted in ``dropped``). Hints for an
+owner). Only the latest hint per key is kept (a touch only changes a pending put's TTL), and
+each owner keeps at most ``limit`` hints and ``max_bytes`` of values (the oldest go first,
+counted in ``dropped``). Hints for an
 owner that left the ring, or for keys it no longer owns, are dropped: a node that comes back
 after being marked down empties its store and pulls (``nodes.migration``).
 """
@@ -31,7 +32,9 @@ from nodes.ring import Ring
 log = logging.getLogger(__name__)
 
 HINT_LIMIT = 100_000  # hints kept per owner
-REPLAY_BATCH = 500
+HINT_BYTES = 64 * 2**20  # bytes of values kept per owner
+REPLAY_BATCH = 500  # hints per replayed call, at most
+REPLAY_BYTES = 4 * 2**20  # bytes of values per replayed call, at most (one bigger value alone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +48,19 @@ class Hint:
 
 class Hints:
     def __init__(
-        self, limit: int = HINT_LIMIT, clock: Callable[[], float] = time.monotonic
+        self,
+        limit: int = HINT_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int = HINT_BYTES,
+        batch_keys: int = REPLAY_BATCH,
     ) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.batch_keys = batch_keys  # the peers' MAX_BATCH_KEYS bounds a replayed sync
         self.clock = clock
         self._by_node: dict[str, OrderedDict[str, Hint]] = {}
+        self._bytes: dict[str, int] = {}  # values kept per owner
         self._lock = threading.Lock()
         self.added = self.replayed = self.dropped = 0
 
@@ -60,28 +71,55 @@ class Hints:
         with self._lock:
             pending = self._by_node.setdefault(node, OrderedDict())
             old = pending.get(key)
-            if old is not None and old.version > hint.version:
+            if hint.kind == "touch" and old is not None:
+                if old.kind == "put":  # the value to bring back, with the newer TTL
+                    self._replace(node, pending, key, replace(old, deadline=hint.deadline))
+                return  # after a delete, a touch has nothing to touch
+            if old is not None and old.kind != "touch" and old.version > hint.version:
                 return  # a newer write is already waiting
-            if hint.kind == "touch" and old is not None and old.kind == "put":
-                hint = replace(old, version=hint.version, deadline=hint.deadline)
-            pending[key] = hint
-            pending.move_to_end(key)
+            self._replace(node, pending, key, hint)
             self.added += 1
-            while len(pending) > self.limit:
-                pending.popitem(last=False)
+            size = self._bytes.get(node, 0)
+            while pending and (len(pending) > self.limit or size > self.max_bytes):
+                _, dropped = pending.popitem(last=False)
+                size -= len(dropped.value)
                 self.dropped += 1
+            self._bytes[node] = size
+
+    def _replace(self, node: str, pending: OrderedDict[str, Hint], key: str, hint: Hint) -> None:
+        old = pending.get(key)
+        self._bytes[node] = (
+            self._bytes.get(node, 0) + len(hint.value) - (len(old.value) if old else 0)
+        )
+        pending[key] = hint
+        pending.move_to_end(key)
 
     def pending(self) -> dict[str, int]:
         with self._lock:
             return {node: len(keys) for node, keys in self._by_node.items() if keys}
 
-    def take(self, node: str, count: int) -> list[tuple[str, Hint]]:
+    def take(self, node: str, count: int, max_bytes: int) -> list[tuple[str, Hint]]:
+        """The oldest hints for ``node``: at most ``count``, and (after the first) at most
+        ``max_bytes`` of values."""
         with self._lock:
             pending = self._by_node.get(node)
             taken: list[tuple[str, Hint]] = []
+            size = 0
             while pending and len(taken) < count:
-                taken.append(pending.popitem(last=False))
+                key, hint = next(iter(pending.items()))
+                if taken and size + len(hint.value) > max_bytes:
+                    break
+                del pending[key]
+                size += len(hint.value)
+                taken.append((key, hint))
+            self._bytes[node] = self._bytes.get(node, 0) - size
             return taken
+
+    def clear(self) -> None:
+        """Forget every hint (the cluster was flushed: nothing to bring back)."""
+        with self._lock:
+            self._by_node.clear()
+            self._bytes.clear()
 
     def give_back(self, node: str, taken: list[tuple[str, Hint]]) -> None:
         for key, hint in taken:
@@ -92,6 +130,7 @@ class Hints:
     def forget(self, node: str) -> int:
         with self._lock:
             dropped = len(self._by_node.pop(node, {}))
+            self._bytes.pop(node, None)
             self.dropped += dropped
             return dropped
 
@@ -105,7 +144,7 @@ class Hints:
             if node is None or not node.in_ring or name == me:
                 self.forget(name)
                 continue
-            taken = self.take(name, REPLAY_BATCH)
+            taken = self.take(name, min(REPLAY_BATCH, self.batch_keys), REPLAY_BYTES)
             still_owned = [(k, h) for k, h in taken if any(o.name == name for o in ring.owners(k))]
             with self._lock:
                 self.dropped += len(taken) - len(still_owned)
@@ -138,7 +177,7 @@ class Hints:
             elif hint.kind == "delete":
                 sends.append(functools.partial(peers.start_delete, node, key, hint.version))
             else:
-                sends.append(functools.partial(peers.start_touch, node, key, ttl, hint.version))
+                sends.append(functools.partial(peers.start_touch, node, key, ttl))
         if puts:
             sends.insert(0, functools.partial(peers.start_sync, node, puts))
         if not sends:

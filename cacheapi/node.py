@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cacheapi import stats as stats_module
+from cacheapi.hints import Hints
 from cacheapi.metrics import Recorder, recorder
 from cacheapi.peer.client import PeerClient
 from cacheapi.peer.server import InternalApp
@@ -42,6 +43,7 @@ class Node:
         membership: Membership,
         peers: PeerClient,
         recorder: Recorder,
+        max_batch_keys: int = 1000,
     ) -> None:
         self.name = name
         self.store = store
@@ -55,6 +57,7 @@ class Node:
             peers=peers,
             on_forward=recorder.forward,
             failover_timeout=cluster_settings.FAILOVER_TIMEOUT,
+            hints=Hints(batch_keys=max_batch_keys),
         )
         self.migrator = Migrator(
             name=name,
@@ -62,6 +65,8 @@ class Node:
             ring=lambda: membership.ring,
             peers=peers,
             refresh=membership.refresh,
+            hints=self.router.hints,
+            batch_keys=max_batch_keys,
         )
         self._stop = threading.Event()
 
@@ -90,6 +95,7 @@ class Node:
                 retry_after=s.PEER_RETRY_SECONDS,
             ),
             recorder=recorder,
+            max_batch_keys=s.MAX_BATCH_KEYS,
         )
 
     @property
@@ -223,6 +229,7 @@ def internal_app(
         ring_version=lambda: current().ring.version,
         ring=lambda: current().ring,
         name=lambda: current().name,
+        clear=lambda: current().router.clear_here(),
         stats=lambda: current().stats(),
         observe=recorder.observe,
         already_handled=already_handled,

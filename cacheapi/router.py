@@ -104,7 +104,7 @@ class Router:
         self._on_forward = on_forward or (lambda op, node: None)
         self.failover_timeout = failover_timeout
         self.hints = hints if hints is not None else Hints()
-        self._with_draining: tuple[Ring, Ring] | None = None
+        self._ring_before: tuple[Ring, Ring] | None = None
 
     @property
     def ring(self) -> Ring:
@@ -147,41 +147,45 @@ class Router:
                     timeout = None if last else self.failover_timeout
                     hit = self._remote("get", node).get(node, key, timeout)
                 except errors.Joining:
-                    hit = None  # a miss there; the next owner may have it
                     if not last:
-                        continue
+                        continue  # a miss on a node still pulling: the next owner may have it
+                    hit = None
                 except (errors.Unavailable, errors.BadGateway) as exc:
                     failure = failure or exc
                     continue
             if hit is None and not last and node.status == "joining":
                 continue  # it may not have the key yet
             if hit is None:
-                return _live(self._read_draining(ring, key))
+                return _live(self._read_elsewhere(ring, key, {o.name for o in owners}))
             return _live(hit)
-        raise failure or errors.Unavailable(f"no owner of {key!r} answered")
-
-    def _draining_ring(self, ring: Ring) -> Ring | None:
-        """``ring`` with its draining nodes as members: who owned what before they left."""
-        if not any(n.status == "draining" for n in ring.nodes):
+        if failure is None:
             return None
-        cached = self._with_draining
+        raise failure
+
+    def _before(self, ring: Ring) -> Ring | None:
+        """Who held keys before the current moves: ``ring`` with its draining nodes still
+        members and its joining ones not yet; None when nothing is moving."""
+        if not any(n.status in ("draining", "joining") for n in ring.nodes):
+            return None
+        cached = self._ring_before
         if cached is None or cached[0] is not ring:
+            moved = {"draining": "up", "joining": "down"}
             nodes = [
-                RingNode(n.name, n.url, n.weight, "up") if n.status == "draining" else n
+                RingNode(n.name, n.url, n.weight, moved[n.status]) if n.status in moved else n
                 for n in ring.nodes
             ]
             cached = (ring, Ring(nodes, vnodes=ring.vnodes, replicas=ring.replicas))
-            self._with_draining = cached
+            self._ring_before = cached
         return cached[1]
 
-    def _read_draining(self, ring: Ring, key: str) -> Hit | None:
-        """A miss on the owners: ask the draining nodes that owned the key, which may not
-        have handed it off yet."""
-        before = self._draining_ring(ring)
+    def _read_elsewhere(self, ring: Ring, key: str, tried: set[str]) -> Hit | None:
+        """A miss on the owners while keys move: ask the nodes that held the key before (a
+        draining node not done handing off, the old owner of a joining node's key)."""
+        before = self._before(ring)
         if before is None:
             return None
         for node in before.owners(key):
-            if ring.node(node.name).status != "draining":  # type: ignore[union-attr]
+            if node.name in tried:
                 continue
             try:
                 hit = (
@@ -358,15 +362,14 @@ class Router:
         return len(answers)
 
     def touch(self, key: str, ttl: float | None) -> int:
-        """Give the key a new TTL on every owner; the copies that confirmed. NotFound if no
-        owner had it."""
-        version = self.store.hlc.now()
+        """Give the key a new TTL on every owner (its value and version stay); the copies that
+        confirmed. NotFound if no owner had it."""
         answers = self._replicate(
             "touch",
             self.owners(key),
-            lambda: self.store.touch(key, ttl, version=version),
-            lambda p, node: p.start_touch(node, key, ttl, version),
-            (key, Hint("touch", version, deadline=self.hints.deadline(ttl))),
+            lambda: self.store.touch(key, ttl),
+            lambda p, node: p.start_touch(node, key, ttl),
+            (key, Hint("touch", self.store.hlc.now(), deadline=self.hints.deadline(ttl))),
         )
         if not any(answers):
             raise errors.NotFound(f"no key {key!r}")
@@ -495,7 +498,7 @@ class Router:
         else:
             groups, _ = self._by_owner(ring, keys, every=False)
         results, failed = self._fan_out("get_many", groups, ring, here, there, timeout_for)
-        if len(results) == 1 and local and not failed and len(results[0][0]) == len(keys):
+        if plain and len(results) == 1 and local and not failed and len(results[0][0]) == len(keys):
             # Every key was this node's: the store answered them in key order already.
             part = local[0]
             return BatchGet(values=part, missing=[k for k in keys if k not in part], failed=[])
@@ -543,23 +546,30 @@ class Router:
                     groups.setdefault(untried[0].name, []).append(key)
             if not groups:
                 break
-            results, again = self._fan_out(
-                "get_many",
-                groups,
-                ring,
-                here,
-                lambda p, node, group: p.start_get_many(node, group, self.failover_timeout),
-            )
+            last = {
+                name for name, group in groups.items()
+                if all(len(tried[k]) == len(ring.owners(k)) for k in group)
+            }  # fmt: skip
+
+            def there(
+                p: PeerClient, node: RingNode, group: list[str], last: set[str] = last
+            ) -> Pending[dict[str, Any]]:
+                # The last owner a key has gets the full timeout, as a single read does.
+                timeout = None if node.name in last else self.failover_timeout
+                return p.start_get_many(node, group, timeout)
+
+            results, again = self._fan_out("get_many", groups, ring, here, there)
             for group, part in results:
                 found.update(part)
                 failed_set.difference_update(group)
             failed_set.update(again)
             retry = [k for k in retry if k not in found]
         if not plain:
-            for key in [k for k in keys if k not in found and k not in failed_set]:
-                hit = self._read_draining(ring, key)
-                if hit is not None and _live(hit) is not None:
+            for key in [k for k in keys if k not in found]:
+                hit = _live(self._read_elsewhere(ring, key, tried[key]))
+                if hit is not None:
                     found[key] = values.to_wire(hit.value, hit.binary)
+                    failed_set.discard(key)
         return [k for k in keys if k in failed_set and k not in found]
 
     def set_many(self, items: Sequence[Item]) -> BatchResult:
@@ -665,7 +675,12 @@ class Router:
                 part.close()
         return result
 
+    def clear_here(self) -> int:
+        """Empty this node's store and forget its hints (nothing flushed may come back)."""
+        self.hints.clear()
+        return self.store.clear()
+
     def flush(self) -> tuple[int, list[str]]:
         """Empty every node's store; (entries removed, nodes that did not answer)."""
-        done = self.on_every_node("clear", self.store.clear, lambda p, n: p.start_clear(n))
+        done = self.on_every_node("clear", self.clear_here, lambda p, n: p.start_clear(n))
         return sum(done.answers.values()), done.failed

@@ -7,8 +7,8 @@ bounded by the timeout), then writes, per node, in the registry:
   reset to 0, ``last_stats`` from the node's stats (an internal call with the cluster secret);
   a ``down`` node that answers again goes ``joining`` (the node itself goes ``up`` once it
   pulled its keys: ``nodes.migration``);
-- no answer: ``consecutive_failures`` + 1, and after ``failures`` in a row an ``up`` or
-  ``joining`` node goes ``down``.
+- no answer: ``consecutive_failures`` + 1, and after ``failures`` in a row an ``up``,
+  ``joining`` or ``draining`` node goes ``down`` (a node killed while draining leaves).
 
 Status moves are conditional updates (``filter(pk=..., status=<what this round saw>)``) that
 bump the ring version in the same transaction, so several heartbeats may run at once: the
@@ -196,7 +196,7 @@ class Heartbeat:
             )
         log.info("%s did not answer (%s): %s in a row", node.name, probe.error, failures)
         down = failures is not None and failures >= self.failures
-        if down and node.status in (Status.UP, Status.JOINING):
+        if down and node.status in (Status.UP, Status.JOINING, Status.DRAINING):
             self._move(node, node.status, Status.DOWN, done)
 
     @staticmethod

@@ -116,18 +116,22 @@ def test_a_joining_node_that_stops_answering_goes_down(
     assert status("a") == Status.DOWN
 
 
-def test_a_draining_node_is_alive_and_keeps_its_status(
+def test_a_draining_node_is_alive_until_it_stops_answering(
     heartbeat: Heartbeat, script: Script
 ) -> None:
     add("a", Status.DRAINING)
     script.answers["a"] = Probe(alive=True, draining=True)
     heartbeat.beat()
+    heartbeat.beat()
     assert status("a") == Status.DRAINING
     assert Node.objects.get(name="a").last_heartbeat is not None
     del script.answers["a"]
-    for _ in range(5):
-        heartbeat.beat()
-    assert status("a") == Status.DRAINING  # only up and joining nodes are marked down
+    heartbeat.beat()
+    heartbeat.beat()
+    assert status("a") == Status.DRAINING  # two misses: not yet
+    heartbeat.beat()
+    # Killed mid-drain: down, so that reads stop asking it and a restart rejoins.
+    assert status("a") == Status.DOWN
 
 
 def test_disabled_nodes_are_not_probed(heartbeat: Heartbeat, script: Script) -> None:

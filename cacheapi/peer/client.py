@@ -194,13 +194,8 @@ class PeerClient:
     def delete(self, node: Any, key: str) -> bool:
         return self.start_delete(node, key).result()
 
-    def start_touch(
-        self, node: Any, key: str, ttl: float | None, version: Version | None = None
-    ) -> Pending[bool]:
-        body: dict[str, Any] = {"key": key, "ttl": ttl}
-        if version is not None:
-            body["version"] = encode_version(version)
-        return self.send(node, "touch", body, _field("touched", bool))
+    def start_touch(self, node: Any, key: str, ttl: float | None) -> Pending[bool]:
+        return self.send(node, "touch", {"key": key, "ttl": ttl}, _field("touched", bool))
 
     def touch(self, node: Any, key: str, ttl: float | None) -> bool:
         return self.start_touch(node, key, ttl).result()

@@ -25,7 +25,7 @@ Operations (body -> answer):
   write, stamped by the coordinator) the write applies only if newer than what the node holds;
   ``applied`` says whether it did (a newer value there is still a copy)
 - ``delete`` ``{"key", "version"?}`` -> ``{"deleted": bool}`` (a version leaves a tombstone)
-- ``touch`` ``{"key", "ttl", "version"?}`` -> ``{"touched": bool}``
+- ``touch`` ``{"key", "ttl"}`` -> ``{"touched": bool}``: a new TTL; the value's version stays
 - ``incr`` ``{"key", "delta"}`` -> ``{"value", "version", "ttl"}``; 404 when absent, 409 not an
   integer
 - ``get_many`` ``{"keys"}`` -> ``{"values": {key: json text}, "binary": {key: base64}}``;
@@ -72,7 +72,7 @@ from cacheapi.peer.wire import (
     hit_headers,
     secrets_match,
 )
-from cacheapi.store import Store, StoreError, Version, format_version
+from cacheapi.store import SetItem, Store, StoreError, Version, format_version
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ class InternalApp:
         ring_version: Callable[[], int] = lambda: 0,
         ring: Callable[[], Any] | None = None,
         name: Callable[[], str] = lambda: "",
+        clear: Callable[[], int] | None = None,
         stats: Callable[[], dict[str, Any]] = dict,
         observe: Callable[[str, float, bool], None] = lambda op, seconds, error: None,
         already_handled: object | None = None,
@@ -198,6 +199,7 @@ class InternalApp:
         self._ring_version = ring_version
         self._ring = ring
         self._name = name
+        self._clear_all = clear  # empties the store and what else the node keeps for it
         self._stats = stats
         self._observe = observe
         # Streams need a server that lets the app keep the connection: gunicorn's async
@@ -428,7 +430,7 @@ class InternalApp:
         key = _key(body)
         if "ttl" not in body:
             raise errors.InvalidTTL('body must have a "ttl" member (seconds, or null)')
-        return _json({"touched": store.touch(key, _ttl(body), version=_version(body))})
+        return _json({"touched": store.touch(key, _ttl(body))})
 
     def _incr(self, store: Store, body: Mapping[str, Any]) -> Answer:
         key = _key(body)
@@ -451,15 +453,12 @@ class InternalApp:
         return _json({"values": texts, "binary": blobs})
 
     def _set_many(self, store: Store, body: Mapping[str, Any]) -> Answer:
-        parsed = []
+        version = _version(body)  # one for the whole batch (a replicated write), or None
+        parsed: list[SetItem] = []
         for key, text, binary, ttl in _items(body, 4):
             value, binary = decode_value(text, binary)
-            parsed.append(
-                (validation.validate_key(key), value, binary, validation.validate_ttl(ttl), None)
-            )
-        version = _version(body)
-        if version is not None:
-            parsed = [(k, v, b, ttl, version) for k, v, b, ttl, _ in parsed]
+            key, ttl = validation.validate_key(key), validation.validate_ttl(ttl)
+            parsed.append((key, value, binary, ttl, version))
         stored = store.set_many(parsed)
         return _json({"stored": sum(1 for v in stored if v is not None)})
 
@@ -515,4 +514,5 @@ class InternalApp:
         return _json(self._stats())
 
     def _clear(self, store: Store, body: Mapping[str, Any]) -> Answer:
-        return _json({"flushed": store.clear()})
+        flushed = store.clear() if self._clear_all is None else self._clear_all()
+        return _json({"flushed": flushed})

@@ -330,26 +330,20 @@ class Store:
             self._sets += 1
             return result, version
 
-    def touch(self, key: str, ttl: float | None, *, version: Version | None = None) -> bool:
-        """Give a live entry a new TTL (None = never expires) and a new version; False if absent.
+    def touch(self, key: str, ttl: float | None) -> bool:
+        """Give a live entry a new TTL (None = never expires); False if absent.
 
-        With ``version`` (replication), an entry written after it keeps its TTL (and True is
-        still the answer: the key is there). Not counted as a set: the value is unchanged.
+        The value and its version stay: a touch says nothing about which value is newest, so
+        a replica that missed a write must not have its older value re-stamped newer by a
+        touch (a replicated write's copy, or a hint, still replaces it). Not counted as a set.
         """
         _check_ttl(ttl)
-        _check_version(version)
         with self._lock:
             now = self.clock()
             record = self._live(key, now)
             if record is None:
                 return False
-            binary, _, current = self._names.unpack(record)
-            if version is None:
-                version = self.hlc.now()
-            else:
-                self.hlc.observe(version)
-                if version <= current:
-                    return True
+            binary, _, version = self._names.unpack(record)
             value = records.value(record)
             self._write(key, value, binary, _deadline(now, ttl), version, 0, now)
             return True
