@@ -62,10 +62,17 @@ class Unavailable(CacheClientError):
     lists the keys that failed (the others were served)."""
 
     def __init__(
-        self, message: str, *, status: int = 0, code: str = "", failed: Sequence[str] = ()
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        code: str = "",
+        failed: Sequence[str] = (),
+        found: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message, status=status, code=code)
         self.failed = list(failed)
+        self.found = dict(found or {})  # from get_many: the keys that were served and found
 
 
 _BY_STATUS: dict[int, type[CacheClientError]] = {
@@ -219,6 +226,10 @@ class CacheClient:
             return default
         return values.client_decode(values.loads(response.data)["value"])
 
+    def exists(self, key: str) -> bool:
+        """Whether the key has a live value (``HEAD``: no value is sent)."""
+        return self._request("HEAD", key, values.key_path(key), missing=(404,)) is not None
+
     def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
         response = self._request("GET", key, values.key_path(key), missing=(404,))
         if response is None:
@@ -300,7 +311,13 @@ class CacheClient:
         return node
 
     def _send_parts(
-        self, keys: list[str], path: str, body: Callable[[list[str]], Any], *, repeatable: bool
+        self,
+        keys: list[str],
+        path: str,
+        body: Callable[[list[str]], Any],
+        *,
+        repeatable: bool,
+        served: Callable[[Any], None] = lambda answer: None,
     ) -> list[Any]:
         """One request per part (parts in parallel); the answers of the parts that were
         served. Raises Unavailable, with every failed key, when any key failed: the keys a
@@ -326,6 +343,9 @@ class CacheClient:
             results = [send(part) for part in parts]
         else:
             results = list(self._executor().map(send, parts))
+        for answer, _, _ in results:
+            if answer is not None:
+                served(answer)
         failed = [k for _, part_failed, _ in results for k in part_failed]
         if failed:
             reasons = "; ".join(dict.fromkeys(r for _, _, r in results if r))
@@ -343,14 +363,26 @@ class CacheClient:
             return self._pool
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Found keys only (as Django's cache does); if any key failed, Unavailable."""
+        """Found keys only (as Django's cache does); if any key failed, Unavailable, with the
+        failed keys in ``failed`` and what the other keys found in ``found``."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, Any] = {}
-        for answer in self._send_parts(
-            keys, "/api/v1/batch/get", lambda part: {"keys": part}, repeatable=True
-        ):
-            found.update(answer["values"])
-        return {k: values.client_decode(found[k]) for k in keys if k in found}
+
+        def decoded() -> dict[str, Any]:
+            return {k: values.client_decode(found[k]) for k in keys if k in found}
+
+        try:
+            self._send_parts(
+                keys,
+                "/api/v1/batch/get",
+                lambda part: {"keys": part},
+                repeatable=True,
+                served=lambda answer: found.update(answer["values"]),
+            )
+        except Unavailable as exc:
+            exc.found = decoded()
+            raise
+        return decoded()
 
     def set_many(self, mapping: Mapping[str, Any], ttl: float | None = DEFAULT) -> int:
         items = dict(mapping)
