@@ -3,6 +3,7 @@
 Each request pays only for what means something to it (DESIGN.md, process model):
 
 - ``/internal/`` goes to the peer protocol's app (``cacheapi.peer.server``), without Django;
+- ``/api/v1/stream`` to the client streams (``cacheapi.api.streams``), also without Django;
 - the admin and its static files go through Django's full middleware stack
   (``settings.MIDDLEWARE``: sessions, CSRF, auth, messages, clickjacking, static files);
 - everything else (the API, the seed routes, ``/health``, ``/metrics``, the schema) goes through
@@ -29,6 +30,7 @@ from gunicorn.workers.base_async import ALREADY_HANDLED
 from cache_project.bodies import RequestBodies
 
 INTERNAL_PREFIX = "/internal/"
+STREAM_PATH = "/api/v1/stream"  # client streams (cacheapi.api.streams), served without Django
 
 
 class ApiHandler(WSGIHandler):
@@ -96,16 +98,20 @@ class NodeApp:
         site: Callable[..., Any],
         internal: Callable[..., Any],
         site_prefixes: tuple[str, ...] = ("/admin/", "/static/"),
+        streams: Callable[..., Any] | None = None,
     ) -> None:
         self.api = api
         self.site = site
         self.internal = internal
         self.site_prefixes = site_prefixes
+        self.streams = streams
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
         if path.startswith(INTERNAL_PREFIX):
             return self.internal(environ, start_response)
+        if path == STREAM_PATH and self.streams is not None:
+            return self.streams(environ, start_response)
         if path.startswith(self.site_prefixes):
             return self.site(environ, start_response)
         return self.api(environ, start_response)
@@ -170,7 +176,10 @@ def node_application(site: Callable[..., Any]) -> Callable[..., Any]:
     internal = node.internal_app(
         already_handled=ALREADY_HANDLED if sleep is not None else None, pause=sleep
     )
-    app: Callable[..., Any] = NodeApp(ApiHandler(), site, internal, site_prefixes())
+    streams = node.stream_app(
+        already_handled=ALREADY_HANDLED if sleep is not None else None, pause=sleep
+    )
+    app: Callable[..., Any] = NodeApp(ApiHandler(), site, internal, site_prefixes(), streams)
     app = RequestBodies(app)  # bodies whole or refused, chunked ones included
     if sleep is not None:
         app = YieldAfterResponse(app, sleep)

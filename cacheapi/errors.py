@@ -62,6 +62,12 @@ class RequestTimeout(CacheError):
     code = "request_timeout"
 
 
+class Unauthorized(CacheError):
+    """No API key, or an unknown or revoked one."""
+
+    code = "unauthorized"
+
+
 class Forbidden(CacheError):
     code = "forbidden"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cacheapi import stats as stats_module
 from cacheapi.hints import Hints
@@ -26,6 +26,9 @@ from cacheapi.store import Store
 from nodes.membership import Membership
 from nodes.migration import Migrator, peers_on_version, registry_move
 from nodes.ring import Ring
+
+if TYPE_CHECKING:
+    from cacheapi.api.streams import ClientStreams
 
 log = logging.getLogger(__name__)
 SWEEP_ROUNDS = 16  # most store sweeps in one tick of the sweeper
@@ -241,3 +244,20 @@ def internal_max_body() -> int:
     """The largest body of an internal call: JSON text escaped inside strings can double a
     client's batch (cacheapi.peer.server)."""
     return 2 * cluster_settings.MAX_REQUEST_BYTES + (1 << 20)
+
+
+def stream_app(
+    *, already_handled: object | None = None, pause: Callable[[float], None] | None = None
+) -> ClientStreams:
+    """The WSGI app that serves clients' streams (``/api/v1/stream``) on this node's router;
+    as ``internal_app``, streams need the server's ``already_handled`` marker."""
+    from cacheapi.api.streams import ClientStreams
+
+    return ClientStreams(
+        lambda: current().router,
+        max_body=lambda: cluster_settings.MAX_REQUEST_BYTES,
+        ring_version=lambda: current().ring.version,
+        observe=recorder.observe,
+        already_handled=already_handled,
+        pause=pause or (lambda seconds: None),
+    )
