@@ -10,9 +10,10 @@
 
 Every call goes through ``cacheapi.client.CacheClient``, which reads the ring from the nodes
 and sends each key straight to its owner (no forwarding hop) and each batch to the node owning
-most of it. Django builds a backend per thread and calls ``close()`` after every request; the
-client (its connection pool and ring) is shared by every backend with the same ``LOCATION`` and
-``OPTIONS`` and outlives ``close()``.
+most of it, as frames on client streams (``cacheapi.api.streams``) where the node has them.
+Django builds a backend per thread and calls ``close()`` after every request; the client (its
+connections and ring) is shared by every backend with the same ``LOCATION`` and ``OPTIONS``
+and outlives ``close()``.
 
 The contract is Django's own (tested side by side with ``LocMemCache`` in
 ``tests/test_backend.py``):
@@ -36,11 +37,13 @@ OPTIONS: ``API_KEY`` (required), ``SOCKET_TIMEOUT`` (seconds per call, 5), ``CA_
 CA that node certificates are checked against, for ``https://`` nodes), ``POOL_SIZE``
 (connections per node, 16), ``MAX_BATCH_KEYS`` (the nodes' limit, 1000),
 ``IGNORE_EXCEPTIONS`` (False), ``LOG_IGNORED_EXCEPTIONS`` (True), ``PICKLE_VERSION`` (the
-highest protocol).
+highest protocol), ``STREAMS`` (True: calls go as frames on client streams, where a node has
+them; False: one HTTP request each).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import logging
@@ -74,6 +77,15 @@ _clients: dict[tuple[Any, ...], CacheClient] = {}
 _clients_lock = threading.Lock()
 
 
+@atexit.register
+def _close_clients() -> None:
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.close()
+
+
 def shared_client(urls: tuple[str, ...], options: Mapping[str, Any]) -> CacheClient:
     """One client per (LOCATION, OPTIONS), shared by every backend instance and thread."""
     key = (urls, tuple(sorted((k, repr(v)) for k, v in options.items())))
@@ -89,6 +101,7 @@ def shared_client(urls: tuple[str, ...], options: Mapping[str, Any]) -> CacheCli
                     pool_size=int(options.get("POOL_SIZE", 16)),
                     ca_certs=options.get("CA_BUNDLE") or None,
                     max_batch_keys=int(options.get("MAX_BATCH_KEYS", MAX_BATCH_KEYS)),
+                    streams=bool(options.get("STREAMS", True)),
                 )
     return client
 

@@ -21,14 +21,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import urllib3
 
 from cacheapi import values
+from cacheapi.peer import frames
+from cacheapi.peer.transport import StreamsRefused, Transport
 from nodes.ring import Ring, RingNode, read_order
 
 DEFAULT: Any = object()  # "no ttl given": the cluster's default TTL applies
+STREAM_PATH = "/api/v1/stream"  # client streams (cacheapi.api.streams)
+STREAM_PROTOCOL = "cache/1"
+BATCH_OPS = {
+    "/api/v1/batch/get": "get_many",
+    "/api/v1/batch/set": "set_many",
+    "/api/v1/batch/delete": "delete_many",
+}
 MAX_BATCH_KEYS = 1000  # the nodes' default MAX_BATCH_KEYS: a batch part at most
 
 
@@ -96,8 +106,11 @@ class CacheClient:
         pool_size: int = 16,
         ca_certs: str | None = None,
         max_batch_keys: int = MAX_BATCH_KEYS,
+        streams: bool = True,
     ) -> None:
-        """``max_batch_keys``: the nodes' ``MAX_BATCH_KEYS`` (the size of a batch part)."""
+        """``max_batch_keys``: the nodes' ``MAX_BATCH_KEYS`` (the size of a batch part).
+        ``streams``: send calls as frames on client streams where a node has them (the
+        default), else one HTTP request each."""
         if max_batch_keys < 1:
             raise ValueError("max_batch_keys must be at least 1")
         if isinstance(urls, str):
@@ -114,6 +127,9 @@ class CacheClient:
             ca_certs=ca_certs,
             timeout=urllib3.Timeout(total=timeout),
         )
+        # Streams: one pool of upgraded connections per node, shared by threads.
+        self._frames = Transport(timeout=timeout, ca_certs=ca_certs) if streams else None
+        self._upgrade = (STREAM_PATH, {"X-API-Key": api_key}, STREAM_PROTOCOL)
         self._ring: Ring | None = None
         self._ring_lock = threading.Lock()
         self._pool_lock = threading.Lock()
@@ -139,7 +155,7 @@ class CacheClient:
                     last = exc
                     continue
                 if response.status != 200:
-                    raise _error(response)
+                    raise _error(Reply(response.status, response.headers, response.data))
                 self._ring = Ring.from_dict(values.loads(response.data))
                 return self._ring
             raise Unavailable(f"no node answered for the ring: {last}")
@@ -170,10 +186,15 @@ class CacheClient:
         *,
         pick: Callable[[Collection[str]], RingNode | None] | None = None,
         repeatable: bool | None = None,
-    ) -> Any:
+        frame: tuple[str, Mapping[str, Any], bytes] | None = None,
+    ) -> Reply | None:
         """One call to the key's owner (or to ``node``, or to ``pick(nodes that failed)``);
         on a dead node, refresh the ring and retry once (never with ``node``) on the key's
         next owner: a dead node stays in the ring until the heartbeat marks it down.
+
+        ``frame`` (operation, JSON part, raw tail) is the call as a client-stream frame: it
+        goes that way where the node serves streams, else as the HTTP request. A stream's
+        answer (``Reply.stream``) is a frame's: any 2xx is success.
 
         The retry is safe only when repeating the call cannot change its outcome: always when
         no connection was made (the request was never sent), otherwise only for reads and
@@ -181,7 +202,7 @@ class CacheClient:
         delete that reached the node before its answer was lost would otherwise be applied
         twice, or reported as failed."""
         if repeatable is None:
-            repeatable = method == "GET" or (method == "PUT" and not headers)
+            repeatable = method in ("GET", "HEAD") or (method == "PUT" and not headers)
         dead: list[str] = []
         for attempt in (0, 1):
             if node is not None:
@@ -194,104 +215,170 @@ class CacheClient:
             else:
                 target = self._owner(key or "", dead)
             try:
-                response = self._http.request(
-                    method,
-                    target.url.rstrip("/") + path,
-                    body=values.dumps(body) if body is not None else None,
-                    headers={**self._headers, **(headers or {})},
-                )
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                reply = self._send(target, method, path, body, headers, frame)
+            except _Failed as exc:
                 self.refresh_ring()
-                if attempt or node is not None or not (repeatable or _not_sent(exc)):
+                if attempt or node is not None or not (repeatable or not exc.sent):
                     raise Unavailable(f"{target.name} did not answer: {exc}") from exc
                 dead.append(target.name)
                 continue
-            self._note_version(response)
-            if response.status in missing:
+            self._note_version(reply)
+            if reply.status in missing:
                 return None
-            if response.status in ok:
-                return response
-            raise _error(response)
+            if reply.status in ok or (reply.stream and 200 <= reply.status < 300):
+                return reply
+            raise _error(reply)
         raise AssertionError("unreachable")
 
-    def _note_version(self, response: urllib3.BaseHTTPResponse) -> None:
+    def _send(
+        self,
+        target: RingNode,
+        method: str,
+        path: str,
+        body: Any,
+        headers: Mapping[str, str] | None,
+        frame: tuple[str, Mapping[str, Any], bytes] | None,
+    ) -> Reply:
+        url = target.url.rstrip("/")
+        if frame is not None and self._frames is not None:
+            op, data, raw = frame
+            payload = frames.encode_body(values.dumps(data), raw)
+            try:
+                call = self._frames.send_frame(url, self._upgrade, op, payload, open_now=True)
+            except StreamsRefused:
+                pass  # a node without streams (gthread), or it refused: HTTP
+            except OSError as exc:
+                raise _Failed(str(exc), sent=False) from exc
+            else:
+                try:
+                    answer = call.response()
+                except OSError as exc:
+                    raise _Failed(str(exc), sent=True) from exc
+                return Reply(answer.status, answer.headers, answer.data, stream=True)
+        try:
+            response = self._http.request(
+                method,
+                url + path,
+                body=values.dumps(body) if body is not None else None,
+                headers={**self._headers, **(headers or {})},
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Failed(str(exc), sent=not _not_sent(exc)) from exc
+        return Reply(response.status, response.headers, response.data, stream=False)
+
+    def _note_version(self, response: Reply) -> None:
         seen = response.headers.get("X-Ring-Version")
         if seen is not None and self._ring is not None and int(seen) > self._ring.version:
             self.refresh_ring()
 
     # -- single keys ------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
-        response = self._request("GET", key, values.key_path(key), missing=(404,))
-        if response is None:
-            return default
-        return values.client_decode(values.loads(response.data)["value"])
+        found = self._get(key)
+        return default if found is None else found[0]
 
     def exists(self, key: str) -> bool:
-        """Whether the key has a live value (``HEAD``: no value is sent)."""
-        return self._request("HEAD", key, values.key_path(key), missing=(404,)) is not None
+        """Whether the key has a live value (``HEAD``, or ``has`` on a stream: no value sent)."""
+        reply = self._request(
+            "HEAD", key, values.key_path(key), missing=(404,), frame=("has", {"key": key}, b"")
+        )
+        return reply is not None
 
     def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
-        response = self._request("GET", key, values.key_path(key), missing=(404,))
-        if response is None:
-            return None
-        data = values.loads(response.data)
-        return values.client_decode(data["value"]), data["ttl"]
-
-    def set(self, key: str, value: Any, ttl: float | None = DEFAULT) -> str:
-        """Store ``value``; ``ttl`` seconds, ``None`` = never expires. Returns the version."""
-        response = self._request("PUT", key, values.key_path(key), _body(value, ttl))
-        return values.loads(response.data)["version"]
-
-    def add(self, key: str, value: Any, ttl: float | None = DEFAULT) -> bool:
-        """Store only if absent; False if the key exists."""
-        response = self._request(
-            "PUT",
-            key,
-            values.key_path(key),
-            _body(value, ttl),
-            headers={"If-None-Match": "*"},
-            missing=(412,),
-        )
-        return response is not None
-
-    def cas(self, key: str, value: Any, version: str, ttl: float | None = DEFAULT) -> bool:
-        """Replace only if the key still has ``version`` (from ``set`` or ``gets``)."""
-        response = self._request(
-            "PUT",
-            key,
-            values.key_path(key),
-            _body(value, ttl),
-            headers={"If-Match": f'"{version}"'},
-            missing=(412,),
-        )
-        return response is not None
+        found = self._get(key)
+        return None if found is None else (found[0], found[1])
 
     def gets(self, key: str) -> tuple[Any, str] | None:
         """The value and its version, for ``cas``."""
-        response = self._request("GET", key, values.key_path(key), missing=(404,))
-        if response is None:
+        found = self._get(key)
+        return None if found is None else (found[0], found[2])
+
+    def _get(self, key: str) -> tuple[Any, float | None, str] | None:
+        """(value, TTL left, version), or None on a miss."""
+        reply = self._request(
+            "GET", key, values.key_path(key), missing=(404,), frame=("get", {"key": key}, b"")
+        )
+        if reply is None:
             return None
-        etag = response.headers.get("ETag", "").strip('"')
-        return values.client_decode(values.loads(response.data)["value"]), etag
+        if reply.stream:  # the stored bytes, described by headers
+            ttl = reply.headers.get("x-ttl", "none")
+            seconds = None if ttl == "none" else float(ttl)
+            version = reply.headers.get("x-version", "")
+            if reply.headers.get("x-value-type") == "binary":
+                return bytes(reply.data), seconds, version
+            return values.client_decode(values.loads(reply.data)), seconds, version
+        data = values.loads(reply.data)
+        etag = reply.headers.get("ETag", "").strip('"')
+        return values.client_decode(data["value"]), data["ttl"], etag
+
+    def _put(
+        self, key: str, value: Any, ttl: Any, headers: Mapping[str, str] | None, **flags: Any
+    ) -> Reply | None:
+        data: dict[str, Any] = {"key": key, **flags}
+        raw = b""
+        if isinstance(value, bytes | bytearray | memoryview):
+            data["binary"], raw = True, bytes(value)
+        else:
+            data["value"] = values.client_encode(value)
+        if ttl is not DEFAULT:
+            data["ttl"] = ttl
+        return self._request(
+            "PUT",
+            key,
+            values.key_path(key),
+            _body(value, ttl),
+            headers=headers,
+            missing=(412,),
+            frame=("set", data, raw),
+        )
+
+    def set(self, key: str, value: Any, ttl: float | None = DEFAULT) -> str:
+        """Store ``value``; ``ttl`` seconds, ``None`` = never expires. Returns the version."""
+        reply = self._put(key, value, ttl, None)
+        assert reply is not None  # a plain set has no condition to fail
+        return values.loads(reply.data)["version"]
+
+    def add(self, key: str, value: Any, ttl: float | None = DEFAULT) -> bool:
+        """Store only if absent; False if the key exists."""
+        return self._put(key, value, ttl, {"If-None-Match": "*"}, add=True) is not None
+
+    def cas(self, key: str, value: Any, version: str, ttl: float | None = DEFAULT) -> bool:
+        """Replace only if the key still has ``version`` (from ``set`` or ``gets``)."""
+        reply = self._put(key, value, ttl, {"If-Match": f'"{version}"'}, if_version=version)
+        return reply is not None
 
     def delete(self, key: str) -> bool:
-        return (
-            self._request("DELETE", key, values.key_path(key), ok=(204,), missing=(404,))
-            is not None
+        reply = self._request(
+            "DELETE",
+            key,
+            values.key_path(key),
+            ok=(204,),
+            missing=(404,),
+            frame=("delete", {"key": key}, b""),
         )
+        return reply is not None
 
     def touch(self, key: str, ttl: float | None) -> bool:
-        return (
-            self._request("PATCH", key, values.key_path(key), {"ttl": ttl}, missing=(404,))
-            is not None
+        reply = self._request(
+            "PATCH",
+            key,
+            values.key_path(key),
+            {"ttl": ttl},
+            missing=(404,),
+            frame=("touch", {"key": key, "ttl": ttl}, b""),
         )
+        return reply is not None
 
     def incr(self, key: str, delta: int = 1) -> int | None:
         """The new value, or None if the key is missing."""
-        response = self._request(
-            "POST", key, values.key_path(key) + "/incr", {"delta": delta}, missing=(404,)
+        reply = self._request(
+            "POST",
+            key,
+            values.key_path(key) + "/incr",
+            {"delta": delta},
+            missing=(404,),
+            frame=("incr", {"key": key, "delta": delta}, b""),
         )
-        return None if response is None else values.loads(response.data)["value"]
+        return None if reply is None else values.loads(reply.data)["value"]
 
     def decr(self, key: str, delta: int = 1) -> int | None:
         return self.incr(key, -delta)
@@ -325,14 +412,17 @@ class CacheClient:
 
         def send(part: list[str]) -> tuple[Any, list[str], str]:
             try:
+                data = body(part)
                 response = self._request(
                     "POST",
                     None,
                     path,
-                    body(part),
+                    data,
                     pick=lambda dead: self._coordinator(part, dead),
                     repeatable=repeatable,
+                    frame=(BATCH_OPS[path], data, b""),
                 )
+                assert response is not None
             except Unavailable as exc:
                 return None, part, str(exc)
             answer = values.loads(response.data)
@@ -406,15 +496,19 @@ class CacheClient:
     def stats(self, scope: str = "cluster") -> dict[str, Any]:
         node = self.ring.members[0] if self.ring.members else self._owner("")
         response = self._request("GET", None, f"/api/v1/stats?scope={scope}", node=node)
+        assert response is not None
         return values.loads(response.data)
 
     def flush(self) -> int:
         node = self.ring.members[0] if self.ring.members else self._owner("")
         response = self._request("POST", None, "/api/v1/flush", node=node)
+        assert response is not None
         return values.loads(response.data)["flushed"]
 
     def close(self) -> None:
         self._http.clear()
+        if self._frames is not None:
+            self._frames.close()
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -473,7 +567,26 @@ def _body(value: Any, ttl: Any) -> dict[str, Any]:
     return body
 
 
-def _error(response: urllib3.BaseHTTPResponse) -> CacheClientError:
+class _Failed(Exception):
+    """A call got no answer; ``sent``: the node may have received it."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A node's answer, over HTTP or a stream (``stream``: a frame's, whose body for a read is
+    the stored bytes described by headers)."""
+
+    status: int
+    headers: Any  # case-insensitive ``get``
+    data: bytes
+    stream: bool = False
+
+
+def _error(response: Reply) -> CacheClientError:
     try:
         error = values.loads(response.data)["error"]
         code, message = error["code"], error["message"]

@@ -306,6 +306,20 @@ class TestClusterOnly:
         cache.set("k", b"x" * (2 * 2**20))
         assert cache.get("k") is None
 
+    @pytest.mark.parametrize("streams", [True, False])
+    def test_calls_go_over_streams_unless_told_not_to(self, cluster: Cluster, streams: bool):
+        cache = cluster_cache(cluster, KEY_PREFIX="lane", OPTIONS={"STREAMS": streams})
+
+        def counts() -> tuple[int, int]:
+            ops = [cluster.stats(n)["ops"] for n in cluster.nodes]
+            return sum(o.get("stream_get", 0) for o in ops), sum(o.get("retrieve", 0) for o in ops)
+
+        before = counts()
+        for i in range(10):
+            cache.get(f"k{i}")
+        framed, http = (now - then for now, then in zip(counts(), before, strict=True))
+        assert (framed, http) == ((10, 0) if streams else (0, 10))
+
     def test_ints_are_json_integers_on_the_nodes(self, cluster: Cluster) -> None:
         cache = cluster_cache(cluster, KEY_PREFIX="ints")
         cache.set("n", 41)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -58,7 +57,6 @@ log = logging.getLogger(__name__)
 PATH = "/api/v1/stream"
 PROTOCOL = "cache/1"
 STREAM_IDLE_SECONDS = 60.0
-JSON_LENGTH = struct.Struct(">I")  # the prefix of a request body: length of its JSON part
 _STATUS = {
     400: "400 Bad Request",
     401: "401 Unauthorized",
@@ -80,23 +78,20 @@ def _error(exc: errors.CacheError) -> Answer:
 
 def split_body(body: bytes) -> tuple[Mapping[str, Any], bytes]:
     """A request body -> (its JSON object, the raw tail)."""
-    if len(body) < JSON_LENGTH.size:
-        raise errors.InvalidRequest("a frame's body starts with the u32 length of its JSON part")
-    (length,) = JSON_LENGTH.unpack_from(body)
-    end = JSON_LENGTH.size + length
-    if end > len(body):
-        raise errors.InvalidRequest("the JSON part is longer than the frame")
     try:
-        parsed = values.loads(body[JSON_LENGTH.size : end])
+        text, tail = frames.split_body(body)
+    except frames.FrameError as exc:
+        raise errors.InvalidRequest(str(exc)) from exc
+    try:
+        parsed = values.loads(text)
     except values.DecodeError as exc:
         raise errors.InvalidJSON(f"the JSON part is not valid JSON: {exc}") from exc
-    return validation.json_object(parsed), body[end:]
+    return validation.json_object(parsed), tail
 
 
 def encode_body(data: Mapping[str, Any], raw: bytes = b"") -> bytes:
     """The inverse of ``split_body`` (for clients and tests)."""
-    text = values.dumps(data)
-    return JSON_LENGTH.pack(len(text)) + text + raw
+    return frames.encode_body(values.dumps(data), raw)
 
 
 class ClientStreams:

@@ -68,3 +68,23 @@ def decode_answer_rest(rest: bytes, meta_length: int) -> tuple[dict[str, str], b
     if not isinstance(meta, dict):
         raise FrameError("the answer frame's headers are not a JSON object")
     return {str(k).lower(): str(v) for k, v in meta.items()}, rest[meta_length:]
+
+
+# Client streams (``cacheapi.api.streams``): a request body is the u32 length of its JSON part,
+# the JSON part, then raw bytes (a binary value travels raw).
+JSON_LENGTH = struct.Struct(">I")
+
+
+def encode_body(json_part: bytes, raw: bytes = b"") -> bytes:
+    return JSON_LENGTH.pack(len(json_part)) + json_part + raw
+
+
+def split_body(body: bytes) -> tuple[bytes, bytes]:
+    """A client stream's request body -> (its JSON part, the raw tail); checked."""
+    if len(body) < JSON_LENGTH.size:
+        raise FrameError("a frame's body starts with the u32 length of its JSON part")
+    (length,) = JSON_LENGTH.unpack_from(body)
+    end = JSON_LENGTH.size + length
+    if end > len(body):
+        raise FrameError("the JSON part is longer than the frame")
+    return body[JSON_LENGTH.size : end], body[end:]

@@ -214,16 +214,21 @@ class Pool:
         op: str,
         body: bytes,
         timeout: float | None = None,
+        *,
+        open_now: bool = False,
     ) -> Call:
         """Send one framed call on an idle stream to this peer; read it with
         ``Call.response()``.
 
         ``upgrade`` is (path, headers, protocol). Raises StreamsRefused when there is no idle
-        stream (one is then opened in the background) or the peer refused the upgrade within
-        the last ``STREAM_RETRY_SECONDS``; the caller sends the call as HTTP instead."""
+        stream (one is then opened in the background; with ``open_now``, one is opened here
+        first) or the peer refused the upgrade within the last ``STREAM_RETRY_SECONDS``; the
+        caller sends the call as HTTP instead."""
         if time.monotonic() < self._streams_refused_until:
             raise StreamsRefused(f"{self.host}:{self.port} does not upgrade to streams")
         conn = self._idle_connection(self._idle_streams, STREAM_MAX_IDLE_SECONDS)
+        if conn is None and open_now:
+            conn = self._open_stream(upgrade)
         if conn is None:
             # Opening a stream takes a round trip (the upgrade's 101), which must not hold up
             # a batch's sends: this call goes as HTTP, and a stream opens in the background.
@@ -457,8 +462,10 @@ class Transport:
         op: str,
         body: bytes,
         timeout: float | None = None,
+        *,
+        open_now: bool = False,
     ) -> Call:
-        return self.pool(base_url).send_frame(upgrade, op, body, timeout)
+        return self.pool(base_url).send_frame(upgrade, op, body, timeout, open_now=open_now)
 
     def close(self) -> None:
         with self._lock:
