@@ -55,9 +55,10 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> ar
     p.add_argument("--name", default="foundation", help="results file stem (foundation)")
     p.add_argument(
         "--only",
-        choices=["foundation", "cluster", "memory", "replication"],
+        choices=["foundation", "cluster", "memory", "replication", "backend"],
         default=None,
-        help="run only the foundation, cluster, memory or replication benchmark (default: all)",
+        help="run only one benchmark: foundation, cluster, memory, replication or backend "
+        "(default: all)",
     )
     p.add_argument(
         "--cluster-duration",

@@ -25,6 +25,7 @@ bytes per entry against Redis, and a node fed past its budget) writes ``memory.m
     .venv/bin/python bench/run.py --only cluster      # the cluster benchmark only
     .venv/bin/python bench/run.py --only memory       # the memory benchmark only
     .venv/bin/python bench/run.py --only replication  # REPLICAS=1 against 2
+    .venv/bin/python bench/run.py --only backend      # the Django backend against RedisCache
     .venv/bin/python bench/run.py --quick             # a smoke run of all three (about 5 min)
 """
 
@@ -44,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import backend
 import cluster
 import memory
 import orjson
@@ -984,6 +986,10 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     if args.only in (None, "replication"):
         rc = replication.main(args, command)
+        if rc:
+            return rc
+    if args.only in (None, "backend"):
+        rc = backend.main(args, command)
     return rc
 
 
