@@ -29,6 +29,10 @@ The contract is Django's own (tested side by side with ``LocMemCache`` in
   ``validate_key`` warns as Django's backends do. A made key the cluster would refuse (longer
   than 250 bytes, or with whitespace or control characters) is sent as a digest of itself.
 - ``clear()`` flushes the whole cluster: it needs an API key with the ``admin`` scope.
+- **Async**: ``aget``, ``aset`` and the rest are Django's own (``BaseCache`` runs the sync
+  call through ``sync_to_async``): the event loop goes on while a call is in flight (tested),
+  and calls from many coroutines take turns on one thread, each a sub-millisecond frame on a
+  stream, which is enough for a cache; a native asyncio client would not wait its turn.
 - **Unreachable cluster**: by default the error is raised (``cacheapi.client.Unavailable``);
   with ``OPTIONS["IGNORE_EXCEPTIONS"] = True`` (as django-redis) reads return the default,
   writes return False (``set_many`` its keys) and the error is logged.

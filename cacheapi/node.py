@@ -260,4 +260,5 @@ def stream_app(
         observe=recorder.observe,
         already_handled=already_handled,
         pause=pause or (lambda seconds: None),
+        idle_seconds=lambda: cluster_settings.STREAM_IDLE_SECONDS,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 @pytest.fixture(scope="module")
 def node(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     log_dir = tmp_path_factory.mktemp("stream-node")
-    env = {"CACHE_AUTH_CACHE_SECONDS": "1", "CACHE_MAX_REQUEST_BYTES": str(2 * MIB)}
+    env = {
+        "CACHE_AUTH_CACHE_SECONDS": "1",
+        "CACHE_MAX_REQUEST_BYTES": str(2 * MIB),
+        "CACHE_STREAM_IDLE_SECONDS": "2",
+    }
     with running_node(registry, "s1", log_dir, **env) as proc:
         yield proc
 
@@ -196,6 +201,14 @@ def test_a_client_gone_mid_frame_does_not_hurt_the_node(node: NodeProcess, regis
         assert fresh.call("set", {"key": "k", "value": 2})[0] == 200
     finally:
         fresh.close()
+
+
+def test_an_idle_stream_is_closed_by_the_node(stream: Stream) -> None:
+    assert stream.call("get", {"key": "missing"})[0] == 404
+    opened = time.monotonic()
+    stream.sock.settimeout(15)
+    assert stream.reader.read(1) == b""  # blocks until the node closes it (idle 2 s here)
+    assert 1.5 < time.monotonic() - opened < 10
 
 
 def test_upgrades_that_are_refused(node: NodeProcess, registry: Registry) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from cacheapi.client import CacheClient, Unavailable
 from nodes.ring import Ring
 from tests.cluster import Cluster
 from tests.processes import Registry, wait_for
@@ -105,5 +106,22 @@ def test_tls_nodes_forward_to_each_other_with_verification(tmp_path):
         with pytest.raises(requests.exceptions.SSLError):
             plain.get(f"{cluster.nodes[0].url}/health", timeout=5, verify=True)
         plain.close()
+
+        # The client's streams ride the same verified TLS; without the CA nothing connects.
+        client = CacheClient(
+            [cluster.nodes[0].url], api_key=registry.api_key, ca_certs=str(certs / "ca.pem")
+        )
+        unverified = CacheClient([cluster.nodes[0].url], api_key=registry.api_key, timeout=3)
+        try:
+            before = sum(cluster.stats(n)["ops"].get("stream_set", 0) for n in cluster.nodes)
+            client.set("over-tls", b"\x00raw")
+            assert client.get("over-tls") == b"\x00raw"
+            after = sum(cluster.stats(n)["ops"].get("stream_set", 0) for n in cluster.nodes)
+            assert after == before + 1  # framed on a stream, not an HTTP request
+            with pytest.raises(Unavailable):
+                unverified.get("over-tls")
+        finally:
+            client.close()
+            unverified.close()
     finally:
         cluster.stop()

@@ -14,7 +14,7 @@ Every call is a coordinator's call, the same as over REST: the same validation, 
 router's replication and failover. The API key is checked again on every frame through the
 verification cache, so a revoked key stops working within ``AUTH_CACHE_SECONDS`` (the answer is
 401 and the stream closes). A frame over the body limit is read past and answered 413; the
-stream goes on. A stream idle for ``STREAM_IDLE_SECONDS`` is closed. A node whose server
+stream goes on. A stream idle for ``STREAM_IDLE_SECONDS`` (a setting) is closed. A node whose server
 cannot hand a connection over (gunicorn's gthread worker) answers the upgrade 501
 ``streams_unavailable``, and clients use plain HTTP.
 
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 PATH = "/api/v1/stream"
 PROTOCOL = "cache/1"
-STREAM_IDLE_SECONDS = 60.0
 _STATUS = {
     400: "400 Bad Request",
     401: "401 Unauthorized",
@@ -107,8 +106,10 @@ class ClientStreams:
         observe: Callable[[str, float, bool], None] = lambda op, seconds, error: None,
         already_handled: object | None = None,
         pause: Callable[[float], None] = lambda seconds: None,
+        idle_seconds: Callable[[], float] = lambda: 60.0,
     ) -> None:
         self._router = router
+        self._idle_seconds = idle_seconds
         self._max_body = max_body
         self._ring_version = ring_version
         self._observe = observe
@@ -176,8 +177,9 @@ class ClientStreams:
     # -- the frame loop ----------------------------------------------------------------------
     def _serve(self, raw_key: str, sock: Any) -> None:
         reader = None
+        idle = self._idle_seconds()
         try:
-            sock.settimeout(STREAM_IDLE_SECONDS)
+            sock.settimeout(idle)
             sock.sendall(
                 f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {PROTOCOL}\r\n"
                 "Connection: Upgrade\r\n\r\n".encode()
@@ -190,12 +192,12 @@ class ClientStreams:
                 (length,) = frames.LENGTH.unpack(head)
                 limit = self._max_body() + 256
                 if not 1 <= length <= limit:
-                    if length and not _skip(reader, sock, length):
+                    if length and not _skip(reader, sock, length, idle):
                         return
                     too_large = errors.RequestTooLarge(f"frame of {length} bytes; limit {limit}")
                     self._send(sock, _error(too_large))
                     continue
-                frame = _read_exactly(reader, sock, length)
+                frame = _read_exactly(reader, sock, length, idle)
                 if frame is None:
                     return
                 answer, keep = self._call(raw_key, frame)
@@ -320,7 +322,7 @@ def values_version(text: Any) -> Version:
     return parse_version(text.strip('"'))
 
 
-def _read_exactly(reader: Any, sock: Any, length: int) -> bytes | None:
+def _read_exactly(reader: Any, sock: Any, length: int, idle: float) -> bytes | None:
     """``length`` bytes of a frame, within ``STREAM_FRAME_SECONDS`` once it began; None if the
     client went away."""
     deadline = time.monotonic() + STREAM_FRAME_SECONDS
@@ -334,11 +336,11 @@ def _read_exactly(reader: Any, sock: Any, length: int) -> bytes | None:
         if not chunk:
             return None
         frame += chunk
-    sock.settimeout(STREAM_IDLE_SECONDS)
+    sock.settimeout(idle)
     return bytes(frame)
 
 
-def _skip(reader: Any, sock: Any, length: int) -> bool:
+def _skip(reader: Any, sock: Any, length: int, idle: float) -> bool:
     """Read past a frame too large to serve (without keeping it); False if the client went
     away or took too long."""
     deadline = time.monotonic() + STREAM_FRAME_SECONDS
@@ -353,6 +355,6 @@ def _skip(reader: Any, sock: Any, length: int) -> bool:
             if not chunk:
                 return False
             left -= len(chunk)
-        sock.settimeout(STREAM_IDLE_SECONDS)
+        sock.settimeout(idle)
         return True
     return False
