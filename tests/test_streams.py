@@ -14,8 +14,10 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 
 from cacheapi.api.streams import encode_body
+from cacheapi.client import CacheClient
 from cacheapi.peer import frames
 from tests.cluster import Cluster
 from tests.processes import NodeProcess, Registry, manage, running_node, wait_for
@@ -219,8 +221,6 @@ def test_upgrades_that_are_refused(node: NodeProcess, registry: Registry) -> Non
     assert bad.status == 401
     for s in (no_key, bad):
         s.close()
-    import requests
-
     r = requests.post(f"{node.url}/api/v1/stream", headers={"X-API-Key": registry.api_key})
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "invalid_request"
@@ -273,13 +273,26 @@ def test_keys_owned_by_other_nodes_go_through_the_router(tmp_path: Path) -> None
             s.close()
 
 
-def test_a_gthread_node_answers_501(registry: Registry, tmp_path: Path) -> None:
+def test_a_gthread_node_answers_501_and_the_client_uses_http(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}")
     proc = NodeProcess(registry, "g1", tmp_path)
     try:
-        proc.start("--worker-class", "gthread", "--no-register").wait_ready(member=None)
+        proc.start("--worker-class", "gthread").wait_ready()
         s = Stream(proc.port, registry.api_key)
         assert s.status == 501
         assert orjson.loads(s.body)["error"]["code"] == "streams_unavailable"
         s.close()
+        client = CacheClient([proc.url], api_key=registry.api_key)
+        try:
+            client.set("k", b"\x01")
+            assert client.get("k") == b"\x01"
+            assert client.get_many(["k", "zz"]) == {"k": b"\x01"}
+        finally:
+            client.close()
+        ops = requests.get(
+            f"{proc.url}/api/v1/stats", headers={"X-API-Key": registry.api_key}, timeout=5
+        ).json()["ops"]
+        assert ops.get("update") == 1  # the set went as an HTTP PUT
+        assert not any(op.startswith("stream_") and op != "stream_open" for op in ops)
     finally:
         proc.stop()
