@@ -1,0 +1,245 @@
+"""The rate limiter: storages (one contract, three backends), exactness under concurrency, the
+decorator, middleware and DRF throttle in a small site, failure policies against a real
+unreachable node, and the start-up checks."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core import checks
+from django.test import Client, override_settings
+
+from ratelimit import core, storages
+from ratelimit.rates import Rate
+from ratelimit.storages import CacheStorage, LocalStorage, StorageError
+from tests.cluster import Cluster
+from tests.processes import Registry, free_port
+
+SITE = pytest.mark.urls("tests.site.urls")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    log_dir = tmp_path_factory.mktemp("ratelimit")
+    with Cluster(Registry(f"sqlite:///{log_dir / 'registry.sqlite3'}"), log_dir, 3) as cluster:
+        yield cluster
+
+
+def caches_with(cluster: Cluster | None = None) -> dict[str, Any]:
+    configured: dict[str, Any] = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rl"},
+        "dead": {
+            "BACKEND": "cacheapi.backends.ClusterCache",
+            "LOCATION": f"http://127.0.0.1:{free_port()}",
+            "OPTIONS": {"API_KEY": "k", "SOCKET_TIMEOUT": 1},
+        },
+    }
+    if cluster is not None:
+        configured["cluster"] = {
+            "BACKEND": "cacheapi.backends.ClusterCache",
+            "LOCATION": [n.url for n in cluster.nodes],
+            "OPTIONS": {"API_KEY": cluster.registry.api_key},
+        }
+    return configured
+
+
+@pytest.fixture(params=["local", "cache:locmem", "cache:cluster"])
+def storage(request: pytest.FixtureRequest) -> Iterator[Any]:
+    cluster = request.getfixturevalue("cluster") if request.param == "cache:cluster" else None
+    with override_settings(CACHES=caches_with(cluster)):
+        yield storages.build(request.param)
+
+
+def fresh() -> str:
+    return f"k:{uuid.uuid4().hex}"
+
+
+class TestStorageContract:
+    @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
+    def test_admits_the_limit_then_refuses(self, storage: Any, algorithm: str) -> None:
+        key = fresh()
+        decisions = [storage.check(key, algorithm, Rate(5, 60.0)) for _ in range(7)]
+        assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
+        assert decisions[0].limit == 5
+        assert decisions[4].remaining == 0
+        assert decisions[-1].retry_after > 0
+
+    def test_keys_and_rates_are_apart(self, storage: Any) -> None:
+        a, b = fresh(), fresh()
+        assert storage.check(a, "fixed_window", Rate(1, 60.0)).allowed
+        assert not storage.check(a, "fixed_window", Rate(1, 60.0)).allowed
+        assert storage.check(b, "fixed_window", Rate(1, 60.0)).allowed
+
+    def test_reset_forgets_the_counter(self, storage: Any) -> None:
+        key, rate = fresh(), Rate(1, 60.0)
+        assert storage.check(key, "fixed_window", rate).allowed
+        assert not storage.check(key, "fixed_window", rate).allowed
+        storage.reset(key, rate)
+        assert storage.check(key, "fixed_window", rate).allowed
+
+    @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
+    def test_exact_under_16_threads(self, storage: Any, algorithm: str) -> None:
+        key, admitted = fresh(), []
+        lock = threading.Lock()
+
+        def hammer() -> None:
+            for _ in range(20):
+                if storage.check(key, algorithm, Rate(100, 3600.0)).allowed:
+                    with lock:
+                        admitted.append(1)
+
+        threads = [threading.Thread(target=hammer) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if algorithm == "token_bucket" and isinstance(storage, CacheStorage):
+            # A Django cache has no atomic step for a bucket (documented): never fewer.
+            assert len(admitted) >= 100
+        else:
+            assert len(admitted) == 100  # 320 tries, exactly the limit admitted
+
+
+def test_local_storage_keeps_at_most_max_keys() -> None:
+    store = LocalStorage(max_keys=3)
+    for i in range(10):
+        store.check(f"k{i}", "fixed_window", Rate(1, 60.0))
+    assert len(store._states) == 3
+
+
+def test_an_unknown_storage_or_algorithm_is_refused() -> None:
+    with pytest.raises(ValueError, match="not available yet"):
+        storages.build("cluster")
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        LocalStorage().check("k", "leaky", Rate(1, 1.0))
+
+
+@SITE
+class TestSite:
+    @pytest.fixture(autouse=True)
+    def _site(self, settings: Any) -> None:
+        settings.CACHES = caches_with()
+        settings.RATELIMIT = {"STORAGE": "local"}
+        storages.reset()
+
+    def test_the_decorator_answers_429_with_headers(self) -> None:
+        client = Client(REMOTE_ADDR="10.0.0.1")
+        answers = [client.get("/limited") for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[0]["RateLimit-Policy"].startswith('"tests.site.urls.limited";q=3;w=60')
+        assert answers[0]["RateLimit"].startswith('"tests.site.urls.limited";r=2;t=')
+        denied = answers[-1]
+        assert denied.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(denied["Retry-After"]) <= 60
+        assert Client(REMOTE_ADDR="10.0.0.2").get("/limited").status_code == 200  # its own
+
+    def test_block_false_marks_the_request(self) -> None:
+        client = Client(REMOTE_ADDR="10.0.0.3")
+        assert [client.get("/flagged").json()["limited"] for _ in range(3)] == [
+            False,
+            False,
+            True,
+        ]
+
+    def test_method_filters_and_groups(self) -> None:
+        client = Client(REMOTE_ADDR="10.0.0.4")
+        assert all(client.get("/posts-only").status_code == 200 for _ in range(5))
+        assert client.post("/posts-only").status_code == 200
+        assert client.get("/shares-a-group").status_code == 200  # one group, one counter
+        assert client.post("/posts-only").status_code == 429
+
+    def test_class_based_and_header_keys(self) -> None:
+        a, b = Client(HTTP_X_CLIENT="a"), Client(HTTP_X_CLIENT="b")
+        assert [a.get("/search").status_code for _ in range(3)] == [200, 200, 429]
+        assert b.get("/search").status_code == 200
+
+    def test_async_views(self) -> None:
+        client = Client(REMOTE_ADDR="10.0.0.5")
+        answers = [client.get("/async") for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert answers[0].content == b"async ok"
+
+    def test_the_drf_throttle(self) -> None:
+        client = Client(REMOTE_ADDR="10.0.0.6")
+        answers = [client.get("/throttled") for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert int(answers[-1]["Retry-After"]) >= 1
+
+    def test_the_middleware_applies_rules_by_path_and_the_allowlist(self, settings: Any) -> None:
+        settings.MIDDLEWARE = ["ratelimit.middleware.RateLimitMiddleware"]
+        settings.RATELIMIT = {
+            "STORAGE": "local",
+            "RULES": [{"path": "/api/", "rate": "2/m", "algorithm": "sliding_window"}],
+            "ALLOWLIST": ["192.168.0.0/16"],
+        }
+        client = Client(REMOTE_ADDR="10.0.0.7")
+        answers = [client.get("/api/plain") for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert "RateLimit" in answers[0]
+        assert all(client.get("/open/plain").status_code == 200 for _ in range(5))
+        assert "RateLimit" not in client.get("/open/plain")
+        trusted = Client(REMOTE_ADDR="192.168.1.9")
+        assert all(trusted.get("/api/plain").status_code == 200 for _ in range(5))
+
+    def test_the_client_ip_behind_trusted_proxies(self, settings: Any) -> None:
+        settings.RATELIMIT = {"STORAGE": "local", "TRUSTED_PROXIES": 1}
+        spoofed = [
+            Client(REMOTE_ADDR="10.9.9.9", HTTP_X_FORWARDED_FOR=f"1.1.1.{i}, 203.0.113.7")
+            for i in range(4)
+        ]
+        # The proxy saw 203.0.113.7 every time: a forged left part changes nothing.
+        assert [c.get("/limited").status_code for c in spoofed] == [200, 200, 200, 429]
+
+    @pytest.mark.parametrize(("fail_open", "status"), [(True, 200), (False, 429)])
+    def test_an_unreachable_storage_fails_open_or_closed(
+        self, settings: Any, fail_open: bool, status: int
+    ) -> None:
+        settings.RATELIMIT = {"STORAGE": "cache:dead", "FAIL_OPEN": fail_open}
+        before = core.failures
+        answer = Client(REMOTE_ADDR="10.0.0.8").get("/limited")
+        assert answer.status_code == status
+        assert core.failures == before + 1
+
+    def test_reset_helper(self) -> None:
+        from tests.site.urls import limited
+
+        client = Client(REMOTE_ADDR="10.0.0.9")
+        assert [client.get("/limited").status_code for _ in range(4)][-1] == 429
+        core.reset("10.0.0.9", limited.ratelimit)
+        assert client.get("/limited").status_code == 200
+
+
+def test_a_storage_error_is_a_storage_error(settings: Any) -> None:
+    settings.CACHES = caches_with()
+    with pytest.raises(StorageError):
+        storages.build("cache:dead").check("k", "fixed_window", Rate(1, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ({"RULES": [{"path": "/", "rate": "lots"}]}, "is not like"),
+        ({"RULES": [{"path": "/", "rate": "1/m", "algorithm": "leaky"}]}, "unknown algorithm"),
+        ({"RULES": [{"path": "/"}]}, "must be a dict with a 'rate'"),
+        ({"STORAGE": "cache:nope"}, "no such cache"),
+        ({"STORAGE": "redis"}, "'local' or 'cache:<alias>'"),
+        ({"KEY": "nobody"}, "key 'nobody'"),
+        ({"ALGORITHM": "x"}, "unknown algorithm"),
+        ({"SPEED": 1}, "unknown settings"),
+    ],
+)
+def test_bad_settings_fail_the_start_up_checks(setting: dict[str, Any], fragment: str) -> None:
+    with override_settings(RATELIMIT=setting):
+        found = [m for m in checks.run_checks() if m.id and m.id.startswith("ratelimit.")]
+    assert any(fragment in m.msg for m in found), [m.msg for m in found]
+
+
+def test_good_settings_pass_the_checks() -> None:
+    good = {"STORAGE": "local", "RULES": [{"path": "/api/", "rate": "100/m", "key": "ip"}]}
+    with override_settings(RATELIMIT=good):
+        assert [m for m in checks.run_checks() if m.id and m.id.startswith("ratelimit.")] == []
