@@ -39,6 +39,11 @@ api_v1 = [
     path("batch/delete", batch_delete, name="batch-delete"),
     path("stats", views.StatsViewSet.as_view({"get": "list"}), name="stats"),
     path("flush", views.FlushViewSet.as_view({"post": "create"}), name="flush"),
+    path(
+        "ratelimit/hit",
+        views.RateLimitViewSet.as_view({"post": "create"}),
+        name="ratelimit-hit",
+    ),
     path("cluster/ring", views.RingViewSet.as_view({"get": "list"}), name="cluster-ring"),
     path("cluster/nodes", views.NodesViewSet.as_view({"get": "list"}), name="cluster-nodes"),
 ]

@@ -383,6 +383,34 @@ class CacheClient:
     def decr(self, key: str, delta: int = 1) -> int | None:
         return self.incr(key, -delta)
 
+    def ratelimit(
+        self,
+        key: str,
+        rate: str,
+        algorithm: str = "fixed_window",
+        cost: int = 1,
+        burst: int | None = None,
+        reset: bool = False,
+    ) -> dict[str, Any]:
+        """Count one request against a rate limit in the cluster's counter store: one atomic
+        check on the counter's owner (``reset``: forget the counter instead). Returns
+        ``{"allowed", "limit", "remaining", "reset_after", "retry_after"}``."""
+        body: dict[str, Any] = {"key": key, "rate": rate, "algorithm": algorithm, "cost": cost}
+        if reset:
+            body["reset"] = True
+        if burst is not None:
+            body["burst"] = burst
+        reply = self._request(
+            "POST",
+            key,
+            "/api/v1/ratelimit/hit",
+            body,
+            repeatable=False,
+            frame=("ratelimit", body, b""),
+        )
+        assert reply is not None
+        return values.loads(reply.data)
+
     # -- batches: parts of at most max_batch_keys, each to the node owning most of it --------
     def _parts(self, keys: list[str]) -> list[list[str]]:
         if len(keys) <= self.max_batch_keys:  # one part: the ring is read later, per part

@@ -23,6 +23,7 @@ from cacheapi.peer.server import InternalApp
 from cacheapi.router import Router
 from cacheapi.settings import cluster_settings
 from cacheapi.store import Store
+from cacheapi.store.counters import CounterStore
 from nodes.membership import Membership
 from nodes.migration import Migrator, peers_on_version, registry_move
 from nodes.ring import Ring
@@ -47,6 +48,7 @@ class Node:
         peers: PeerClient,
         recorder: Recorder,
         max_batch_keys: int = 1000,
+        counters: CounterStore | None = None,
     ) -> None:
         self.name = name
         self.store = store
@@ -61,6 +63,7 @@ class Node:
             on_forward=recorder.forward,
             failover_timeout=cluster_settings.FAILOVER_TIMEOUT,
             hints=Hints(batch_keys=max_batch_keys),
+            counters=counters,
         )
         self.migrator = Migrator(
             name=name,
@@ -99,6 +102,7 @@ class Node:
             ),
             recorder=recorder,
             max_batch_keys=s.MAX_BATCH_KEYS,
+            counters=CounterStore(max_keys=s.COUNTER_MAX_KEYS),
         )
 
     @property
@@ -233,6 +237,7 @@ def internal_app(
         ring=lambda: current().ring,
         name=lambda: current().name,
         clear=lambda: current().router.clear_here(),
+        counters=lambda: current().router.counters,
         stats=lambda: current().stats(),
         observe=recorder.observe,
         already_handled=already_handled,

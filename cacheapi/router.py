@@ -39,7 +39,11 @@ from cacheapi import errors, values
 from cacheapi.hints import Hint, Hints
 from cacheapi.peer.client import PeerClient, Pending
 from cacheapi.store import Hit, SetItem, Store, StoreError, Version
+from cacheapi.store.counters import CounterStore
 from nodes.ring import Ring, RingNode, read_order
+from ratelimit import algorithms
+from ratelimit.algorithms import Decision
+from ratelimit.rates import Rate
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,7 @@ class Router:
         on_forward: Callable[[str, str], None] | None = None,
         failover_timeout: float = DEFAULT_FAILOVER_TIMEOUT,
         hints: Hints | None = None,
+        counters: CounterStore | None = None,
     ) -> None:
         self.store = store
         self.node = node
@@ -104,6 +109,7 @@ class Router:
         self._on_forward = on_forward or (lambda op, node: None)
         self.failover_timeout = failover_timeout
         self.hints = hints if hints is not None else Hints()
+        self.counters = counters if counters is not None else CounterStore()
         self._ring_before: tuple[Ring, Ring] | None = None
 
     @property
@@ -402,6 +408,34 @@ class Router:
             ttl = 0.001  # it expired just now; the copies expire with it
         written = self._after_primary(others, key, str(value).encode(), False, ttl, version)
         return value, written
+
+    # Rate-limit counters: on the key's first live owner, in its counter store.
+    def ratelimit(
+        self,
+        key: str,
+        algorithm: str,
+        rate: Rate,
+        cost: int = 1,
+        burst: int | None = None,
+        reset: bool = False,
+    ) -> Decision:
+        """One atomic check of ``algorithm`` on counter ``key`` (or, with ``reset``, forget
+        it), on the key's primary (the next owner when it does not answer: the count starts
+        again there)."""
+        check = algorithms.reset_check if reset else algorithms.get(algorithm)
+        owners = read_order(self.owners(key))
+        failure: errors.CacheError | None = None
+        for i, node in enumerate(owners):
+            last = i == len(owners) - 1
+            if node.name == self.node:
+                return self.counters.check(key, check, rate, cost, burst)  # type: ignore[no-any-return]
+            try:
+                peers = self._remote("ratelimit", node)
+                timeout = None if last else self.failover_timeout
+                return peers.ratelimit(node, key, algorithm, rate, cost, burst, timeout, reset)
+            except (errors.Unavailable, errors.BadGateway) as exc:
+                failure = failure or exc
+        raise failure or errors.Unavailable(f"no owner of counter {key!r} answered")
 
     def sync_here(self, items: Iterable[SetItem]) -> tuple[int, int]:
         """Versioned writes into this node's own store (``POST /sync``, migration); an older

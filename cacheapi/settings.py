@@ -54,6 +54,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "After a node times out, calls to it fail at once for this long, then one tries again.",
     ),
     "CA_BUNDLE": ("", "CA bundle that nodes verify each other's TLS certificates against."),
+    "COUNTER_MAX_KEYS": (
+        1_000_000,
+        "Most rate-limit counters a node keeps, apart from user data (the oldest go first).",
+    ),
     "STREAM_IDLE_SECONDS": (
         60.0,
         "Seconds a client stream may stay idle before the node closes it.",

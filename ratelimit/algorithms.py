@@ -128,6 +128,14 @@ def token_bucket(
     return (tokens, now), max(full_in, 1.0), decision
 
 
+def reset_check(
+    state: State | None, now: float, rate: Rate, cost: int = 1, burst: int | None = None
+) -> tuple[State, float, Decision]:
+    """Not an algorithm: forgets the counter (a fresh state that expires at once) and answers
+    a whole quota. ``CounterStore.check`` deletes the key when it sees it."""
+    return (), 0.0, Decision(True, rate.limit, rate.limit, 0.0, 0.0)
+
+
 ALGORITHMS: dict[str, Check] = {
     "fixed_window": fixed_window,
     "sliding_window": sliding_window,
@@ -142,3 +150,30 @@ def get(name: str) -> Check:
         raise ValueError(
             f"unknown algorithm {name!r}: one of {', '.join(sorted(ALGORITHMS))}"
         ) from None
+
+
+def to_wire(decision: Decision) -> dict[str, object]:
+    """A decision as JSON (an infinite retry-after, a cost over the limit, as null)."""
+    retry = decision.retry_after
+    return {
+        "allowed": decision.allowed,
+        "limit": decision.limit,
+        "remaining": decision.remaining,
+        "reset_after": round(decision.reset_after, 3),
+        "retry_after": round(retry, 3) if math.isfinite(retry) else None,
+    }
+
+
+def from_wire(data: dict[str, object]) -> Decision:
+    """The inverse of ``to_wire``; KeyError/TypeError/ValueError if malformed."""
+    allowed = data["allowed"]
+    if not isinstance(allowed, bool):
+        raise TypeError("'allowed' is not a boolean")
+    retry = data["retry_after"]
+    return Decision(
+        allowed=allowed,
+        limit=int(data["limit"]),  # type: ignore[call-overload]
+        remaining=int(data["remaining"]),  # type: ignore[call-overload]
+        reset_after=float(data["reset_after"]),  # type: ignore[arg-type]
+        retry_after=math.inf if retry is None else float(retry),  # type: ignore[arg-type]
+    )

@@ -36,7 +36,7 @@ def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     try:
         storages.build(storage)
     except ValueError as exc:
-        found.append(_error(str(exc), "Use 'local' or 'cache:<alias>'.", 3))
+        found.append(_error(str(exc), "Use 'local', 'cluster' or 'cache:<alias>'.", 3))
     else:
         if storage.startswith("cache:") and storage[6:] not in settings.CACHES:
             found.append(

@@ -2,6 +2,8 @@
 
 - ``local``: this process's memory, one lock around each check: exact for every algorithm,
   per process (a site with several workers counts per worker).
+- ``cluster``: the cache cluster's counter store (``ClusterStorage``): exact for every
+  algorithm, shared by every process, apart from user data.
 - ``cache:<alias>``: any Django cache (``CACHES[alias]``), shared by every process using it.
   Its atomic steps are ``add`` and ``incr``: the fixed window is exact (one counter per window,
   created with ``add`` and its TTL, then ``incr``); the sliding window is never over-admitted
@@ -165,6 +167,66 @@ class CacheStorage:
             raise StorageError(f"cache {self.alias!r}: {exc}") from exc
 
 
+class ClusterStorage:
+    """Counters in the cache cluster's counter store (``POST /api/v1/ratelimit/hit``, or a
+    frame on a client stream): one atomic check on the counter's owner, exact for every
+    algorithm, apart from user data. ``RATELIMIT["CLUSTER"]`` gives ``LOCATION`` (node URLs),
+    ``API_KEY`` (``write`` scope), ``CA_BUNDLE`` and ``TIMEOUT`` (seconds, 1); without a
+    ``LOCATION``, inside a cache node, the node's own router is used (no network hop to
+    itself)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = dict(options)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _call(
+        self,
+        key: str,
+        algorithm: str,
+        rate: Rate,
+        cost: int,
+        burst: int | None,
+        reset: bool = False,
+    ) -> Decision:
+        location = self.options.get("LOCATION")
+        if not location:
+            from cacheapi.node import current  # inside a node: its own router
+
+            return current().router.ratelimit(key, algorithm, rate, cost, burst, reset)
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    from cacheapi.client import CacheClient
+
+                    self._client = CacheClient(
+                        location,
+                        api_key=self.options.get("API_KEY", ""),
+                        timeout=float(self.options.get("TIMEOUT", 1.0)),
+                        ca_certs=self.options.get("CA_BUNDLE") or None,
+                    )
+                client = self._client
+        text = f"{rate.limit}/{int(rate.period)}s"
+        answer = client.ratelimit(key, text, algorithm, cost, burst, reset=reset)
+        return algorithms.from_wire(answer)
+
+    def check(
+        self, key: str, algorithm: str, rate: Rate, cost: int = 1, burst: int | None = None
+    ) -> Decision:
+        algorithms.get(algorithm)
+        try:
+            return self._call(key, algorithm, rate, cost, burst)
+        except Exception as exc:  # unreachable, refused, a registry outage
+            raise StorageError(f"cluster: {exc}") from exc
+
+    def reset(self, key: str, rate: Rate | None = None) -> None:
+        try:
+            self._call(key, "fixed_window", rate or Rate(1, 1.0), 0, None, reset=True)
+        except Exception as exc:
+            raise StorageError(f"cluster: {exc}") from exc
+
+
 _storages: dict[str, Storage] = {}
 _lock = threading.Lock()
 
@@ -186,10 +248,9 @@ def build(name: str) -> Storage:
         return LocalStorage()
     if name.startswith("cache:") and name[len("cache:") :]:
         return CacheStorage(name[len("cache:") :])
-    raise ValueError(
-        f"RATELIMIT STORAGE {name!r}: 'local' or 'cache:<alias>' "
-        "(the 'cluster' storage is not available yet)"
-    )
+    if name == "cluster":
+        return ClusterStorage(ratelimit_settings.CLUSTER or {})
+    raise ValueError(f"RATELIMIT STORAGE {name!r}: 'local', 'cluster' or 'cache:<alias>'")
 
 
 def reset() -> None:

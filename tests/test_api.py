@@ -1568,3 +1568,60 @@ def test_a_batch_get_answers_in_the_order_asked(api: Client) -> None:
     assert list(body["values"]) == ["c", "bin", "a"]  # not the order they were written
     assert body["values"]["bin"] == {"b64": "AA=="}
     assert body["missing"] == ["nope"]
+
+
+# ratelimit/hit --------------------------------------------------------------------------------
+
+
+def test_ratelimit_hit_counts_atomically_and_resets(api: Client) -> None:
+    hit = "/api/v1/ratelimit/hit"
+    answers = [
+        data(api.post(hit, {"key": "rl:a", "rate": "2/m"}, content_type=JSON)) for _ in range(3)
+    ]
+    assert [a["allowed"] for a in answers] == [True, True, False]
+    assert answers[0] == {
+        "allowed": True,
+        "limit": 2,
+        "remaining": 1,
+        "reset_after": answers[0]["reset_after"],
+        "retry_after": 0.0,
+    }
+    assert 0 < answers[2]["retry_after"] <= 60
+    bucket = {"key": "rl:b", "rate": "1/h", "algorithm": "token_bucket", "burst": 3}
+    assert [data(api.post(hit, bucket, content_type=JSON))["allowed"] for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    reset = data(api.post(hit, {"key": "rl:a", "rate": "2/m", "reset": True}, content_type=JSON))
+    assert reset["remaining"] == 2
+    assert data(api.post(hit, {"key": "rl:a", "rate": "2/m"}, content_type=JSON))["allowed"]
+    assert api.get(url("rl:a")).status_code == 404  # counters are not user keys
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"rate": "2/m"},
+        {"key": "a b", "rate": "2/m"},
+        {"key": "k"},
+        {"key": "k", "rate": "lots"},
+        {"key": "k", "rate": "2/m", "algorithm": "leaky"},
+        {"key": "k", "rate": "2/m", "cost": -1},
+        {"key": "k", "rate": "2/m", "cost": True},
+        {"key": "k", "rate": "2/m", "burst": 0},
+        {"key": "k", "rate": "2/m", "reset": "yes"},
+        {"key": "k", "limit": 5, "period": "soon"},
+    ],
+)
+def test_ratelimit_hit_refuses_bad_input(api: Client, body: dict[str, Any]) -> None:
+    response = api.post("/api/v1/ratelimit/hit", body, content_type=JSON)
+    assert response.status_code == 400, response.content
+    assert data(response)["error"]["code"] in ("invalid_key", "invalid_request")
+
+
+def test_ratelimit_hit_needs_the_write_scope(make_client: Any) -> None:
+    reader = make_client("read")
+    response = reader.post("/api/v1/ratelimit/hit", {"key": "k", "rate": "2/m"}, content_type=JSON)
+    assert_error(response, 403, "forbidden")

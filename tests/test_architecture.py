@@ -33,7 +33,16 @@ def _under(loaded: set[str], *prefixes: str) -> list[str]:
     return sorted(m for m in loaded if any(m == p or m.startswith(p + ".") for p in prefixes))
 
 
-@pytest.mark.parametrize("module", ["cacheapi.store", "nodes.ring", "cacheapi.peer.frames"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "cacheapi.store",
+        "cacheapi.store.counters",
+        "nodes.ring",
+        "cacheapi.peer.frames",
+        "ratelimit.algorithms",
+    ],
+)
 def test_domain_modules_import_no_django(module):
     assert _under(_loaded_after_import(module), "django", "rest_framework", "gevent") == []
 

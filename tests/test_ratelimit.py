@@ -48,10 +48,15 @@ def caches_with(cluster: Cluster | None = None) -> dict[str, Any]:
     return configured
 
 
-@pytest.fixture(params=["local", "cache:locmem", "cache:cluster"])
+@pytest.fixture(params=["local", "cache:locmem", "cache:cluster", "cluster"])
 def storage(request: pytest.FixtureRequest) -> Iterator[Any]:
-    cluster = request.getfixturevalue("cluster") if request.param == "cache:cluster" else None
-    with override_settings(CACHES=caches_with(cluster)):
+    needs_cluster = request.param in ("cache:cluster", "cluster")
+    cluster = request.getfixturevalue("cluster") if needs_cluster else None
+    ratelimit = {}
+    if cluster is not None:
+        urls = [n.url for n in cluster.nodes]
+        ratelimit = {"CLUSTER": {"LOCATION": urls, "API_KEY": cluster.registry.api_key}}
+    with override_settings(CACHES=caches_with(cluster), RATELIMIT=ratelimit):
         yield storages.build(request.param)
 
 
@@ -113,8 +118,8 @@ def test_local_storage_keeps_at_most_max_keys() -> None:
 
 
 def test_an_unknown_storage_or_algorithm_is_refused() -> None:
-    with pytest.raises(ValueError, match="not available yet"):
-        storages.build("cluster")
+    with pytest.raises(ValueError, match="'local', 'cluster' or 'cache:<alias>'"):
+        storages.build("redis")
     with pytest.raises(ValueError, match="unknown algorithm"):
         LocalStorage().check("k", "leaky", Rate(1, 1.0))
 
@@ -214,6 +219,47 @@ class TestSite:
         assert client.get("/limited").status_code == 200
 
 
+def _hammer_from_a_process(urls: list[str], api_key: str, key: str, algorithm: str) -> int:
+    from cacheapi.client import CacheClient
+
+    client = CacheClient(urls, api_key=api_key)
+    try:
+        return sum(client.ratelimit(key, "100/h", algorithm)["allowed"] for _ in range(50))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
+def test_exact_from_4_processes_against_the_cluster(cluster: Cluster, algorithm: str) -> None:
+    import multiprocessing
+
+    key = fresh()
+    urls = [n.url for n in cluster.nodes]
+    args = [(urls, cluster.registry.api_key, key, algorithm)] * 4
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        admitted = pool.starmap(_hammer_from_a_process, args)
+    assert sum(admitted) == 100  # 200 tries from 4 processes, exactly the limit
+
+
+def test_counters_live_apart_from_user_data(cluster: Cluster) -> None:
+    """A counter key is not a user key: the same name in the user store is another thing,
+    and flushing user data leaves counters alone."""
+    from cacheapi.client import CacheClient
+
+    client = CacheClient([n.url for n in cluster.nodes], api_key=cluster.registry.api_key)
+    try:
+        key = fresh()
+        assert client.ratelimit(key, "2/h")["remaining"] == 1
+        assert client.get(key) is None  # not in the user store
+        client.set(key, "user data")
+        assert client.ratelimit(key, "2/h")["remaining"] == 0
+        assert client.get(key) == "user data"
+        assert client.ratelimit(key, "2/h", reset=True)["remaining"] == 2
+        assert client.ratelimit(key, "2/h")["allowed"] is True
+    finally:
+        client.close()
+
+
 def test_a_storage_error_is_a_storage_error(settings: Any) -> None:
     settings.CACHES = caches_with()
     with pytest.raises(StorageError):
@@ -227,7 +273,7 @@ def test_a_storage_error_is_a_storage_error(settings: Any) -> None:
         ({"RULES": [{"path": "/", "rate": "1/m", "algorithm": "leaky"}]}, "unknown algorithm"),
         ({"RULES": [{"path": "/"}]}, "must be a dict with a 'rate'"),
         ({"STORAGE": "cache:nope"}, "no such cache"),
-        ({"STORAGE": "redis"}, "'local' or 'cache:<alias>'"),
+        ({"STORAGE": "redis"}, "'local', 'cluster' or 'cache:<alias>'"),
         ({"KEY": "nobody"}, "key 'nobody'"),
         ({"ALGORITHM": "x"}, "unknown algorithm"),
         ({"SPEED": 1}, "unknown settings"),

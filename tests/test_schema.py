@@ -23,6 +23,7 @@ CONTRACT = {
     "/api/v1/batch/delete": {"post"},
     "/api/v1/stats": {"get"},
     "/api/v1/flush": {"post"},
+    "/api/v1/ratelimit/hit": {"post"},
     "/api/v1/cluster/ring": {"get"},
     "/api/v1/cluster/nodes": {"get"},
     "/health": {"get"},

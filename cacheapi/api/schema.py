@@ -594,6 +594,55 @@ class StatsViewSetSchema(OpenApiViewExtension):
         )(_subclass(self.target))
 
 
+class RateLimitHitSerializer(serializers.Serializer):
+    key = serializers.CharField(help_text="The counter's key (a key like any other).")
+    rate = serializers.CharField(help_text='"100/m", "5/10s", "1000/h", "10000/d".')
+    algorithm = serializers.ChoiceField(
+        choices=["fixed_window", "sliding_window", "token_bucket"], default="fixed_window"
+    )
+    cost = serializers.IntegerField(required=False, default=1, help_text="Requests this counts.")
+    burst = serializers.IntegerField(
+        required=False, allow_null=True, help_text="token_bucket: its size (default: the count)."
+    )
+    reset = serializers.BooleanField(
+        required=False, default=False, help_text="Forget the counter instead of counting."
+    )
+
+
+class RateLimitDecisionSerializer(serializers.Serializer):
+    allowed = serializers.BooleanField()
+    limit = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+    reset_after = serializers.FloatField(help_text="Seconds until the quota is whole again.")
+    retry_after = serializers.FloatField(
+        allow_null=True, help_text="Seconds until this request would pass (0: it did; null: never)."
+    )
+
+
+class RateLimitViewSetSchema(OpenApiViewExtension):
+    target_class = "cacheapi.api.views.RateLimitViewSet"
+
+    def view_replacement(self) -> type:
+        return extend_schema_view(
+            create=extend_schema(
+                operation_id="ratelimit_hit",
+                summary="Count a request against a rate limit",
+                description="One atomic check of the algorithm on the counter, on the node "
+                "that owns its key, in the counters' own store (user data cannot evict them). "
+                "The `ratelimit` app's `cluster` storage calls this. Needs the `write` scope.",
+                tags=["ratelimit"],
+                parameters=AUTH_HEADERS,
+                request=RateLimitHitSerializer,
+                responses={
+                    (200, JSON): OpenApiResponse(
+                        RateLimitDecisionSerializer, description="Counted."
+                    ),
+                    **errors(400, *AUTHENTICATED, 503),
+                },
+            )
+        )(_subclass(self.target))
+
+
 class FlushViewSetSchema(OpenApiViewExtension):
     target_class = "cacheapi.api.views.FlushViewSet"
 

@@ -33,6 +33,8 @@ Operations (JSON part -> answer):
 - ``get_many`` ``{"keys"}`` -> ``{"values", "missing", "failed"}`` (binary values as ``{"b64"}``)
 - ``set_many`` ``{"items": [{"key", "value", "ttl"?}, ...]}`` -> ``{"stored", "failed"}``
 - ``delete_many`` ``{"keys"}`` -> ``{"deleted", "failed"}``
+- ``ratelimit`` ``{"key", "rate", "algorithm"?, "cost"?, "burst"?}`` -> ``{"allowed", "limit",
+  "remaining", "reset_after", "retry_after"}`` (as ``POST /api/v1/ratelimit/hit``)
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ from django.db import DatabaseError
 from cacheapi import errors, validation, values
 from cacheapi.api.auth import Principal, presented_key, verify_key
 from cacheapi.peer import frames
-from cacheapi.peer.server import STREAM_FRAME_SECONDS, _end_stream
+from cacheapi.peer.server import STREAM_FRAME_SECONDS, _end_stream, ratelimit_call
 from cacheapi.peer.wire import RING_HEADER, hit_headers
 from cacheapi.store import StoreError, Version, format_version, parse_version
+from ratelimit import algorithms
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ class ClientStreams:
             "get_many": self._get_many,
             "set_many": self._set_many,
             "delete_many": self._delete_many,
+            "ratelimit": self._ratelimit,
         }
 
     def __call__(
@@ -309,6 +313,12 @@ class ClientStreams:
     def _set_many(self, router: Any, data: Mapping[str, Any], tail: bytes) -> Answer:
         result = router.set_many(validation.item_list(data))
         return _json({"stored": result.count, "failed": result.failed})
+
+    def _ratelimit(self, router: Any, data: Mapping[str, Any], tail: bytes) -> Answer:
+        key, _, rate, cost, burst = ratelimit_call(data)
+        algorithm, reset = data.get("algorithm", "fixed_window"), data.get("reset", False)
+        decision = router.ratelimit(key, algorithm, rate, cost, burst, reset)
+        return _json(algorithms.to_wire(decision))
 
     def _delete_many(self, router: Any, data: Mapping[str, Any], tail: bytes) -> Answer:
         result = router.delete_many(validation.key_list(data))

@@ -24,8 +24,10 @@ from cacheapi.api.negotiation import leads_with
 from cacheapi.api.parsers import OctetStreamParser, StrictJSONParser, read_capped
 from cacheapi.api.renderers import OctetStreamRenderer, ORJSONRenderer
 from cacheapi.node import current
+from cacheapi.peer.server import ratelimit_call
 from cacheapi.peer.wire import RING_HEADER, SECRET_ENVIRON, hit_headers
 from cacheapi.store import Hit, format_version, parse_version
+from ratelimit.algorithms import to_wire as decision_to_wire
 
 OCTET = "application/octet-stream"
 COPIES_HEADER = "X-Copies"  # on every write: how many owners hold it
@@ -353,6 +355,20 @@ class SyncViewSet(NodeViewSet):
             for (key, value, binary, ttl), version in zip(items, versions, strict=True)
         )
         return Response({"stored": stored, "skipped": skipped})
+
+
+class RateLimitViewSet(NodeViewSet):
+    """``POST /api/v1/ratelimit/hit``: one atomic rate-limit check on a counter, in the
+    cluster's counter store (apart from user data), on the counter's owner."""
+
+    scopes = {"create": "write"}
+
+    def create(self, request: Request) -> HttpResponse:
+        body = self.body()
+        key, _, rate, cost, burst = ratelimit_call(body)
+        algorithm, reset = body.get("algorithm", "fixed_window"), body.get("reset", False)
+        decision = current().router.ratelimit(key, algorithm, rate, cost, burst, reset)
+        return rendered(decision_to_wire(decision))
 
 
 class StatsViewSet(NodeViewSet):

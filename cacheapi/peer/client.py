@@ -40,6 +40,9 @@ from cacheapi.peer.wire import (
     parse_hit,
 )
 from cacheapi.store import Hit, Version
+from ratelimit import algorithms
+from ratelimit.algorithms import Decision
+from ratelimit.rates import Rate
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +256,28 @@ class PeerClient:
         }
         return self.send(node, "sync", body, _field("stored", int))
 
+    def ratelimit(
+        self,
+        node: Any,
+        key: str,
+        algorithm: str,
+        rate: Rate,
+        cost: int,
+        burst: int | None,
+        timeout: float | None = None,
+        reset: bool = False,
+    ) -> Decision:
+        body = {
+            "key": key,
+            "algorithm": algorithm,
+            "limit": rate.limit,
+            "period": rate.period,
+            "cost": cost,
+            "burst": burst,
+            "reset": reset,
+        }
+        return self.send(node, "ratelimit", body, _parse_decision, timeout).result()
+
     def start_stats(self, node: Any) -> Pending[dict[str, Any]]:
         return self.send(node, "stats", {}, _parse_json)
 
@@ -369,6 +394,10 @@ def _parse_incr(node: Any, response: Response) -> tuple[int, Version, float | No
     if ttl is not None and type(ttl) not in (int, float):
         raise TypeError("'ttl' is not a number")
     return value, _version(answer["version"]), ttl
+
+
+def _parse_decision(node: Any, response: Response) -> Decision:
+    return algorithms.from_wire(_parse_json(node, response))
 
 
 def _parse_removed(node: Any, response: Response) -> list[str]:

@@ -39,6 +39,9 @@ Operations (body -> answer):
   ``limit`` store slots from ``cursor`` whose owners (in this node's ring) include ``owner``;
   a joining node pulls its keys with it. 503 ``ring_behind`` while this node's ring is older
   than ``ring_version``
+- ``ratelimit`` ``{"key", "algorithm", "limit", "period", "cost", "burst"}`` -> ``{"allowed",
+  "limit", "remaining", "reset_after", "retry_after"}``: one atomic check in this node's counter
+  store (``cacheapi.store.counters``)
 - ``stats`` ``{}`` -> this node's stats (as ``GET /api/v1/stats``)
 - ``clear`` ``{}`` -> ``{"flushed": n}``: empties this node's store
 
@@ -73,6 +76,8 @@ from cacheapi.peer.wire import (
     secrets_match,
 )
 from cacheapi.store import SetItem, Store, StoreError, Version, format_version
+from ratelimit import algorithms
+from ratelimit.rates import MAX_LIMIT, MAX_PERIOD, Rate, parse_rate
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +125,40 @@ def _items(body: Mapping[str, Any], width: int) -> list[Any]:
         if not isinstance(item, list) or len(item) != width:
             raise errors.InvalidRequest(f"items[{index}] must be a list of {width}")
     return items
+
+
+def ratelimit_call(body: Mapping[str, Any]) -> tuple[str, Any, Rate, int, int | None]:
+    """A rate-limit check's arguments, checked: (counter key, the algorithm's check, rate,
+    cost, burst). ``limit`` and ``period`` (seconds), or ``rate`` as text ("100/m"). With
+    ``"reset": true`` the check is one that forgets the counter (``reset_check``)."""
+    key = validation.validate_key(body.get("key"))
+    reset = body.get("reset", False)
+    if not isinstance(reset, bool):
+        raise errors.InvalidRequest('"reset" must be true or false')
+    try:
+        check = algorithms.get(body.get("algorithm", "fixed_window"))
+    except (ValueError, TypeError) as exc:
+        raise errors.InvalidRequest(str(exc)) from exc
+    try:
+        if "rate" in body:
+            rate = parse_rate(body["rate"])
+        else:
+            limit, period = body.get("limit"), body.get("period")
+            if type(limit) is not int or not isinstance(period, int | float):
+                raise ValueError('give "rate" ("100/m"), or "limit" and "period" (seconds)')
+            if isinstance(period, bool):
+                raise ValueError('"period" is a number of seconds')
+            rate = Rate(limit, float(period))
+            if not 1 <= rate.limit <= MAX_LIMIT or not 1 <= rate.period <= MAX_PERIOD:
+                raise ValueError("limit 1 to 10**9, period 1 s to 366 days")
+    except ValueError as exc:
+        raise errors.InvalidRequest(f"rate: {exc}") from exc
+    cost, burst = body.get("cost", 1), body.get("burst")
+    if type(cost) is not int or not 0 <= cost <= MAX_LIMIT:
+        raise errors.InvalidRequest('"cost" must be a whole number, 0 or more')
+    if burst is not None and (type(burst) is not int or not 1 <= burst <= MAX_LIMIT):
+        raise errors.InvalidRequest('"burst" must be a whole number, 1 or more')
+    return key, (algorithms.reset_check if reset else check), rate, cost, burst
 
 
 def _version(body: Mapping[str, Any]) -> Version | None:
@@ -188,6 +227,7 @@ class InternalApp:
         ring: Callable[[], Any] | None = None,
         name: Callable[[], str] = lambda: "",
         clear: Callable[[], int] | None = None,
+        counters: Callable[[], Any] | None = None,
         stats: Callable[[], dict[str, Any]] = dict,
         observe: Callable[[str, float, bool], None] = lambda op, seconds, error: None,
         already_handled: object | None = None,
@@ -200,6 +240,7 @@ class InternalApp:
         self._ring = ring
         self._name = name
         self._clear_all = clear  # empties the store and what else the node keeps for it
+        self._counters = counters  # the rate-limit counter store (cacheapi.store.counters)
         self._stats = stats
         self._observe = observe
         # Streams need a server that lets the app keep the connection: gunicorn's async
@@ -219,6 +260,7 @@ class InternalApp:
             "stats": self._node_stats,
             "clear": self._clear,
             "scan": self._scan,
+            "ratelimit": self._ratelimit,
         }
 
     def __call__(
@@ -509,6 +551,12 @@ class InternalApp:
                     value = encode_value(entry.value, entry.binary)
                     items.append([key, value, entry.binary, ttl, format_version(entry.version)])
         return _json({"items": items, "cursor": after, "layout": layout})
+
+    def _ratelimit(self, store: Store, body: Mapping[str, Any]) -> Answer:
+        if self._counters is None:
+            raise errors.UnknownOperation("this node keeps no rate-limit counters")
+        key, check, rate, cost, burst = ratelimit_call(body)
+        return _json(algorithms.to_wire(self._counters().check(key, check, rate, cost, burst)))
 
     def _node_stats(self, store: Store, body: Mapping[str, Any]) -> Answer:
         return _json(self._stats())
