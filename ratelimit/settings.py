@@ -34,6 +34,8 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     ),
     "ALLOWLIST": ([], "IP addresses, networks (CIDR) and user names never limited."),
     "RULES": ([], "Middleware rules: [{'path', 'rate', 'key'?, 'algorithm'?, 'method'?, ...}]."),
+    "DATABASE_RULES": (True, "Also apply the rules edited in the admin (RateLimitRule)."),
+    "RULES_RELOAD_SECONDS": (1.0, "How often the middleware checks whether admin rules changed."),
     "HEADERS": (True, "Send RateLimit-Policy and RateLimit headers on limited routes."),
     "KEY_PREFIX": ("rl", "Prefix of every counter key in the storage."),
 }

@@ -127,10 +127,13 @@ def test_an_unknown_storage_or_algorithm_is_refused() -> None:
 @SITE
 class TestSite:
     @pytest.fixture(autouse=True)
-    def _site(self, settings: Any) -> None:
+    def _site(self, settings: Any, db: None) -> None:
+        from ratelimit.middleware import forget_admin_rules
+
         settings.CACHES = caches_with()
         settings.RATELIMIT = {"STORAGE": "local"}
         storages.reset()
+        forget_admin_rules()
 
     def test_the_decorator_answers_429_with_headers(self) -> None:
         client = Client(REMOTE_ADDR="10.0.0.1")
@@ -209,6 +212,37 @@ class TestSite:
         answer = Client(REMOTE_ADDR="10.0.0.8").get("/limited")
         assert answer.status_code == status
         assert core.failures == before + 1
+
+    def test_an_admin_rule_takes_effect_without_a_restart(
+        self, settings: Any, admin_client: Client
+    ) -> None:
+        from ratelimit.middleware import forget_admin_rules
+        from ratelimit.models import RateLimitRule
+
+        settings.MIDDLEWARE = [*settings.MIDDLEWARE, "ratelimit.middleware.RateLimitMiddleware"]
+        settings.RATELIMIT = {"STORAGE": "local", "RULES_RELOAD_SECONDS": 0}
+        forget_admin_rules()
+        client = Client(REMOTE_ADDR="10.0.1.1")
+        assert all(client.get("/open/plain").status_code == 200 for _ in range(3))
+        bad = {
+            "name": "x",
+            "path": "/open/",
+            "rate": "lots",
+            "algorithm": "fixed_window",
+            "key": "ip",
+            "enabled": "on",
+        }
+        page = admin_client.post("/admin/ratelimit/ratelimitrule/add/", bad)
+        assert page.status_code == 200  # the form again, with the error
+        assert b"is not like" in page.content
+        assert RateLimitRule.objects.count() == 0
+        good = {**bad, "rate": "2/m"}
+        assert admin_client.post("/admin/ratelimit/ratelimitrule/add/", good).status_code == 302
+        answers = [client.get("/open/plain") for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert answers[0]["RateLimit-Policy"].startswith('"admin:')
+        RateLimitRule.objects.update(enabled=False)  # a bulk change reloads as well
+        assert client.get("/open/plain").status_code == 200
 
     def test_reset_helper(self) -> None:
         from tests.site.urls import limited

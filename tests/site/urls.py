@@ -40,6 +40,7 @@ urlpatterns = [
 
 # -- the rate limiter's views (tests/test_ratelimit.py) ---------------------------------------
 from asgiref.sync import sync_to_async  # noqa: E402
+from django.contrib import admin  # noqa: E402
 from django.views import View  # noqa: E402
 from rest_framework.response import Response  # noqa: E402
 from rest_framework.views import APIView  # noqa: E402
@@ -98,6 +99,7 @@ def plain(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns += [
+    path("admin/", admin.site.urls),
     path("limited", limited),
     path("flagged", flagged),
     path("posts-only", posts_only),
