@@ -59,6 +59,7 @@ MIDDLEWARE = [
 # API-key client has no session, cookie or form to guard (cache_project.serving).
 API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "cacheapi.api.limits.ApiRateLimitMiddleware",  # a no-op unless API_RATE_LIMIT is set
 ]
 
 ROOT_URLCONF = "cache_project.urls"

@@ -54,6 +54,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "After a node times out, calls to it fail at once for this long, then one tries again.",
     ),
     "CA_BUNDLE": ("", "CA bundle that nodes verify each other's TLS certificates against."),
+    "API_RATE_LIMIT": (
+        "",
+        "Rate per API key for the node's /api/ calls over HTTP, e.g. '1000/s' (empty = off).",
+    ),
     "COUNTER_MAX_KEYS": (
         1_000_000,
         "Most rate-limit counters a node keeps, apart from user data (the oldest go first).",

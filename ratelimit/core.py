@@ -25,7 +25,7 @@ from ratelimit import keys
 from ratelimit.algorithms import Decision
 from ratelimit.rates import Rate, parse_rate
 from ratelimit.settings import ratelimit_settings
-from ratelimit.storages import StorageError, get_storage
+from ratelimit.storages import Storage, StorageError, get_storage
 
 log = logging.getLogger(__name__)
 failures = 0  # storage failures seen by this process (logged each time)
@@ -106,8 +106,11 @@ def allowlisted(request: Any) -> bool:
     return False
 
 
-def check(request: Any, limit: Limit, *, count: bool = True) -> Result | None:
-    """Count this request against ``limit``; None when the limit does not apply to it."""
+def check(
+    request: Any, limit: Limit, *, count: bool = True, storage: Storage | None = None
+) -> Result | None:
+    """Count this request against ``limit`` (in ``storage``, default ``RATELIMIT["STORAGE"]``);
+    None when the limit does not apply to it."""
     if not ratelimit_settings.ENABLED:
         return None
     if limit.methods is not None and request.method.upper() not in limit.methods:
@@ -117,7 +120,7 @@ def check(request: Any, limit: Limit, *, count: bool = True) -> Result | None:
     value = keys.resolve(limit.key, limit.group, request)
     cost = limit.cost if count else 0
     try:
-        decision = get_storage().check(
+        decision = (storage or get_storage()).check(
             counter_key(limit, value), limit.algorithm, limit.rate, cost, limit.burst
         )
     except StorageError as exc:

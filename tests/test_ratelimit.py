@@ -323,3 +323,25 @@ def test_good_settings_pass_the_checks() -> None:
     good = {"STORAGE": "local", "RULES": [{"path": "/api/", "rate": "100/m", "key": "ip"}]}
     with override_settings(RATELIMIT=good):
         assert [m for m in checks.run_checks() if m.id and m.id.startswith("ratelimit.")] == []
+
+
+def test_a_node_can_limit_its_api_per_api_key(tmp_path: Any) -> None:
+    """A node with API_RATE_LIMIT: each API key gets that many /api/ calls, counted in the
+    cluster's counter store; /health is never counted."""
+    import requests
+
+    from tests.processes import manage, running_node
+
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}")
+    other = manage(registry.env, "createapikey", "--name", "other", "--quiet").strip()
+    with running_node(registry, "n1", tmp_path, CACHE_API_RATE_LIMIT="3/m") as node:
+        mine = requests.Session()
+        mine.headers["X-API-Key"] = registry.api_key
+        answers = [mine.get(f"{node.url}/api/v1/keys/k", timeout=5) for _ in range(4)]
+        assert [a.status_code for a in answers] == [404, 404, 404, 429]
+        assert answers[0].headers["RateLimit-Policy"] == '"api";q=3;w=60'
+        assert answers[3].json()["error"]["code"] == "rate_limited"
+        assert int(answers[3].headers["Retry-After"]) >= 1
+        theirs = requests.get(f"{node.url}/api/v1/keys/k", headers={"X-API-Key": other}, timeout=5)
+        assert theirs.status_code == 404  # its own quota
+        assert all(requests.get(f"{node.url}/health", timeout=5).ok for _ in range(5))
