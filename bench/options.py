@@ -55,10 +55,10 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> ar
     p.add_argument("--name", default="foundation", help="results file stem (foundation)")
     p.add_argument(
         "--only",
-        choices=["foundation", "cluster", "memory", "replication", "backend"],
+        choices=["foundation", "cluster", "memory", "replication", "backend", "ratelimit"],
         default=None,
-        help="run only one benchmark: foundation, cluster, memory, replication or backend "
-        "(default: all)",
+        help="run only one benchmark: foundation, cluster, memory, replication, backend or "
+        "ratelimit (default: all)",
     )
     p.add_argument(
         "--cluster-duration",

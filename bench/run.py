@@ -26,6 +26,7 @@ bytes per entry against Redis, and a node fed past its budget) writes ``memory.m
     .venv/bin/python bench/run.py --only memory       # the memory benchmark only
     .venv/bin/python bench/run.py --only replication  # REPLICAS=1 against 2
     .venv/bin/python bench/run.py --only backend      # the Django backend against RedisCache
+    .venv/bin/python bench/run.py --only ratelimit    # the rate limiter's cost per request
     .venv/bin/python bench/run.py --quick             # a smoke run of all three (about 5 min)
 """
 
@@ -49,6 +50,7 @@ import backend
 import cluster
 import memory
 import orjson
+import ratelimiting
 import replication
 import requests
 from dataset import BATCH_KEYS, batches, make_dataset
@@ -990,6 +992,10 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     if args.only in (None, "backend"):
         rc = backend.main(args, command)
+        if rc:
+            return rc
+    if args.only in (None, "ratelimit"):
+        rc = ratelimiting.main(args, command)
     return rc
 
 

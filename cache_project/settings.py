@@ -166,3 +166,16 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# make bench's rate-limiter section (bench/ratelimiting.py): a Django cache on a Redis, for
+# django-ratelimit and DRF's throttle beside ours. Only with CACHE_BENCH_ROUTES.
+if os.environ.get("CACHE_BENCH_REDIS_URL"):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "bench-redis": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["CACHE_BENCH_REDIS_URL"],
+        },
+    }
+    RATELIMIT_USE_CACHE = "bench-redis"  # django-ratelimit's own setting
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]

@@ -27,6 +27,14 @@ from ratelimit.rates import Rate
 
 State = tuple[float, ...]
 
+# A state's first number says which algorithm wrote it: a counter checked by another algorithm
+# (the same key used two ways) starts afresh instead of being misread.
+FIXED, SLIDING, BUCKET = 1.0, 2.0, 3.0
+
+
+def _mine(state: State | None, tag: float, size: int) -> State | None:
+    return state if state is not None and len(state) == size and state[0] == tag else None
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -45,7 +53,8 @@ def fixed_window(
 ) -> tuple[State, float, Decision]:
     period = rate.period
     start = math.floor(now / period) * period
-    count = state[1] if state is not None and state[0] == start else 0.0
+    state = _mine(state, FIXED, 3)
+    count = state[2] if state is not None and state[1] == start else 0.0
     allowed = count + cost <= rate.limit
     if allowed:
         count += cost
@@ -57,7 +66,7 @@ def fixed_window(
         reset_after=reset,
         retry_after=0.0 if allowed else (reset if cost <= rate.limit else math.inf),
     )
-    return (start, count), reset, decision
+    return (FIXED, start, count), reset, decision
 
 
 def sliding_window(
@@ -66,11 +75,12 @@ def sliding_window(
     period, limit = rate.period, rate.limit
     start = math.floor(now / period) * period
     previous = current = 0.0
+    state = _mine(state, SLIDING, 4)
     if state is not None:
-        if state[0] == start:
-            previous, current = state[1], state[2]
-        elif state[0] == start - period:
-            previous = state[2]
+        if state[1] == start:
+            previous, current = state[2], state[3]
+        elif state[1] == start - period:
+            previous = state[3]
     overlap = 1.0 - (now - start) / period  # share of the previous window still in view
     used = previous * overlap + current
     allowed = used + cost <= limit
@@ -87,7 +97,7 @@ def sliding_window(
         reset_after=reset,
         retry_after=retry,
     )
-    return (start, previous, current), start + 2 * period - now, decision
+    return (SLIDING, start, previous, current), start + 2 * period - now, decision
 
 
 def _sliding_retry(
@@ -111,8 +121,9 @@ def token_bucket(
 ) -> tuple[State, float, Decision]:
     size = float(burst if burst is not None else rate.limit)
     per_second = rate.limit / rate.period
-    refilled = 0.0 if state is None else max(0.0, now - state[1]) * per_second
-    tokens = size if state is None else min(size, state[0] + refilled)
+    state = _mine(state, BUCKET, 3)
+    refilled = 0.0 if state is None else max(0.0, now - state[2]) * per_second
+    tokens = size if state is None else min(size, state[1] + refilled)
     allowed = tokens >= cost
     if allowed:
         tokens -= cost
@@ -125,7 +136,7 @@ def token_bucket(
         reset_after=full_in,
         retry_after=retry,
     )
-    return (tokens, now), max(full_in, 1.0), decision
+    return (BUCKET, tokens, now), max(full_in, 1.0), decision
 
 
 def reset_check(

@@ -13,6 +13,7 @@ if over its limit, and the failure is logged and counted (``failures``), never a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -40,6 +41,7 @@ class Limit:
     methods: frozenset[str] | None = None  # None: every method
     burst: int | None = None
     cost: int = 1
+    storage: str | None = None  # a storage name; None: RATELIMIT["STORAGE"]
 
     @classmethod
     def build(
@@ -52,6 +54,7 @@ class Limit:
         method: str | Iterable[str] | None = None,
         burst: int | None = None,
         cost: int = 1,
+        storage: str | None = None,
     ) -> Limit:
         from ratelimit import algorithms
 
@@ -62,7 +65,7 @@ class Limit:
         if isinstance(method, str):
             method = [method]
         methods = frozenset(m.upper() for m in method) if method is not None else None
-        return cls(parse_rate(rate), chosen, name, group, methods, burst, cost)
+        return cls(parse_rate(rate), chosen, name, group, methods, burst, cost, storage)
 
 
 @dataclass
@@ -79,9 +82,14 @@ class Result:
 def counter_key(limit: Limit, value: str) -> str:
     """The storage key of one counter: the prefix, group, algorithm and rate in clear, the
     request's key value hashed (bounded length, nothing personal in the store)."""
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return _counter_prefix(limit, ratelimit_settings.KEY_PREFIX) + digest
+
+
+@functools.lru_cache(maxsize=1024)
+def _counter_prefix(limit: Limit, prefix: str) -> str:
     rate = f"{limit.rate.limit}-{limit.rate.period:g}"
-    return f"{ratelimit_settings.KEY_PREFIX}:{limit.group}:{limit.algorithm}:{rate}:{digest}"
+    return f"{prefix}:{limit.group}:{limit.algorithm}:{rate}:"
 
 
 def allowlisted(request: Any) -> bool:
@@ -120,7 +128,7 @@ def check(
     value = keys.resolve(limit.key, limit.group, request)
     cost = limit.cost if count else 0
     try:
-        decision = (storage or get_storage()).check(
+        decision = (storage or get_storage(limit.storage)).check(
             counter_key(limit, value), limit.algorithm, limit.rate, cost, limit.burst
         )
     except StorageError as exc:
@@ -181,4 +189,4 @@ def too_many(result: Result) -> Any:
 def reset(value: str, limit: Limit) -> None:
     """Forget the counter of key value ``value`` under ``limit`` (e.g. after a successful
     login, reset its failed-attempts limit)."""
-    get_storage().reset(counter_key(limit, value), limit.rate)
+    get_storage(limit.storage).reset(counter_key(limit, value), limit.rate)

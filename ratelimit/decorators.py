@@ -9,7 +9,8 @@
         @ratelimit(rate="30/m", method="GET")
         def get(self, request): ...
 
-``block=True`` (the default) answers 429 over the limit; ``block=False`` lets the view run
+``storage=`` picks a storage for this view (default ``RATELIMIT["STORAGE"]``). ``block=True``
+(the default) answers 429 over the limit; ``block=False`` lets the view run
 with ``request.limited`` set. Limited responses carry the RateLimit headers either way. The
 group defaults to the view's dotted name; ``group=`` shares a counter between views.
 """
@@ -62,6 +63,7 @@ def ratelimit(
     block: bool = True,
     burst: int | None = None,
     cost: int = 1,
+    storage: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         limit = core.Limit.build(
@@ -72,6 +74,7 @@ def ratelimit(
             method=method,
             burst=burst,
             cost=cost,
+            storage=storage,
         )
 
         if inspect.iscoroutinefunction(view):

@@ -29,10 +29,12 @@ def client_ip(request: Any) -> str:
         hops = [h.strip() for h in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
         if len(hops) >= trusted:
             address = hops[-trusted]
+    if ":" not in address:  # IPv4 (or garbage): counted as given, no parsing on the hot path
+        return address or "unknown"
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return address or "unknown"
+        return address
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)

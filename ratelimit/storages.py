@@ -136,7 +136,7 @@ class CacheStorage:
         current = self._count(key, start, period, cost)
         used = previous * (1.0 - (now - start) / period) + current
         allowed = used <= rate.limit
-        state = (start, previous, float(current - (0 if allowed else cost)))
+        state = (algorithms.SLIDING, start, previous, float(current - (0 if allowed else cost)))
         _, _, decision = algorithms.sliding_window(state, now, rate, 0, None)
         return Decision(
             allowed=allowed,

@@ -133,6 +133,8 @@ def test_every_operation(stream: Stream) -> None:
     assert stream.call("delete", {"key": "new"})[1]["copies"] == 1
     assert stream.call("delete", {"key": "new"})[0] == 404
     assert stream.call("has", {"key": "new"})[0] == 404
+    hits = [stream.call("ratelimit", {"key": "rl", "rate": "2/m"})[1] for _ in range(3)]
+    assert [h["allowed"] for h in hits] == [True, True, False]
 
 
 @pytest.mark.parametrize(

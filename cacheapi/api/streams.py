@@ -239,6 +239,9 @@ class ClientStreams:
             answer = _error(errors.from_store_error(exc))
         except frames.FrameError as exc:
             answer = _error(errors.InvalidRequest(str(exc)))
+        except Exception:  # a bug: answer it as the REST API would, and keep the stream
+            log.exception("stream call %s failed", op)
+            answer = _error(errors.ServerError("the call failed"))
         status = answer[0]
         if op in self._ops:
             failed = status >= 400 and status not in (404, 412)
