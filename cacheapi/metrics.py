@@ -136,7 +136,84 @@ class CacheCollector(Collector):
         up = GaugeMetricFamily("cache_node_up", "1 while this node serves (0 while draining).")
         up.add_metric([], 0 if node.draining else 1)
         yield up
+        yield from self._cluster(node)
         yield from self._operations()
+
+    @staticmethod
+    def _cluster(node: Node) -> Iterator[Any]:
+        """Replication, hints, migration, rate-limit counters and the ring's view of nodes."""
+        router = node.router
+
+        def counter(name: str, text: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], value)
+            return family
+
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, text)
+            family.add_metric([], value)
+            return family
+
+        yield counter(
+            "cache_replicated_writes",
+            "Writes this node coordinated and acknowledged.",
+            router.writes,
+        )
+        yield counter(
+            "cache_replica_copies_missed",
+            "Owner copies those writes missed (each kept as a hint to replay).",
+            router.missed_copies,
+        )
+        hints = router.hints
+        yield gauge(
+            "cache_hints_pending", "Hints waiting to be replayed.", sum(hints.pending().values())
+        )
+        yield counter(
+            "cache_hints_replayed", "Hints replayed to owners that came back.", hints.replayed
+        )
+        yield counter(
+            "cache_hints_dropped",
+            "Hints dropped (over the bound, or the owner left).",
+            hints.dropped,
+        )
+        moved = node.migrator.stats
+        for name, text, value in (
+            ("pushed", "Entries pushed to new owners on ring changes.", moved.pushed),
+            ("pulled", "Entries pulled while joining.", moved.pulled),
+            ("dropped", "Entries let go after a hand-off.", moved.dropped),
+            ("passes", "Migration passes run.", moved.passes),
+            ("failures", "Migration passes or pulls that had to be retried.", moved.failures),
+        ):
+            yield counter(f"cache_migration_{name}", text, value)
+        yield gauge(
+            "cache_migration_last_pass_seconds",
+            "How long the last pass took.",
+            moved.last_pass_seconds,
+        )
+        counters = router.counters.stats()
+        yield gauge("cache_ratelimit_counters", "Rate-limit counters held.", counters["keys"])
+        yield counter(
+            "cache_ratelimit_counter_evictions",
+            "Rate-limit counters dropped to stay within COUNTER_MAX_KEYS.",
+            counters["evictions"],
+        )
+        ring = node.ring
+        statuses = GaugeMetricFamily(
+            "cache_ring_node_status",
+            "1 for each node's status in this node's ring (joining, up, draining, down, disabled).",
+            labels=["node", "status"],
+        )
+        shares = GaugeMetricFamily(
+            "cache_ring_share",
+            "Share of the hash space each node owns as primary.",
+            labels=["node"],
+        )
+        for name, share in ring.shares().items():
+            shares.add_metric([name], share)
+        for member in ring.nodes:
+            statuses.add_metric([member.name, member.status], 1)
+        yield statuses
+        yield shares
 
     def _operations(self) -> Iterator[Any]:
         hist = HistogramMetricFamily(

@@ -110,6 +110,9 @@ class Router:
         self.failover_timeout = failover_timeout
         self.hints = hints if hints is not None else Hints()
         self.counters = counters if counters is not None else CounterStore()
+        # Replicated writes acknowledged, and the owner copies they missed (hints kept).
+        self.writes = 0
+        self.missed_copies = 0
         self._ring_before: tuple[Ring, Ring] | None = None
 
     @property
@@ -252,6 +255,8 @@ class Router:
             if isinstance(failure, errors.Relayed | errors.BadGateway):
                 raise failure
             raise errors.Unavailable(f"{op}: no owner could be written ({failure})")
+        self.writes += 1
+        self.missed_copies += len(missed)
         if hint is not None:
             for name in missed:
                 self.hints.add(name, *hint)
@@ -647,9 +652,11 @@ class Router:
         reached: set[str] = set()
         for group, _answer in results:
             reached.update(group)
+        self.writes += len(reached)
         for name, group in missed.items():
             for key in group:
                 if key in reached:
+                    self.missed_copies += 1
                     self.hints.add(name, key, hint(key))
         failed = [k for k in keys if k not in reached]
         return BatchResult(count=len(reached), failed=failed), results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 from django.conf import settings
@@ -46,6 +47,16 @@ def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
                     4,
                 )
             )
+    in_node = bool(os.environ.get("CACHE_NODE_URL"))  # runnode sets it for its worker
+    located = (ratelimit_settings.CLUSTER or {}).get("LOCATION")
+    if storage == "cluster" and not located and not in_node:
+        found.append(
+            _error(
+                "RATELIMIT STORAGE 'cluster' needs CLUSTER['LOCATION'] outside a cache node.",
+                "Set RATELIMIT['CLUSTER'] = {'LOCATION': [node URLs], 'API_KEY': ...}.",
+                9,
+            )
+        )
     for name, validate in (("ALGORITHM", algorithms.get), ("KEY", keys.check_key)):
         try:
             validate(getattr(ratelimit_settings, name))

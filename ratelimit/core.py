@@ -65,7 +65,12 @@ class Limit:
         if isinstance(method, str):
             method = [method]
         methods = frozenset(m.upper() for m in method) if method is not None else None
-        return cls(parse_rate(rate), chosen, name, group, methods, burst, cost, storage)
+        limit = cls(parse_rate(rate), chosen, name, group, methods, burst, cost, storage)
+        _by_group.setdefault(group, set()).add(limit)
+        return limit
+
+
+_by_group: dict[str, set[Limit]] = {}  # every limit built, by group: for reset(value, group)
 
 
 @dataclass
@@ -186,7 +191,10 @@ def too_many(result: Result) -> Any:
     return response
 
 
-def reset(value: str, limit: Limit) -> None:
-    """Forget the counter of key value ``value`` under ``limit`` (e.g. after a successful
-    login, reset its failed-attempts limit)."""
-    get_storage(limit.storage).reset(counter_key(limit, value), limit.rate)
+def reset(value: str, group: str | Limit) -> None:
+    """Forget the counters of key value ``value`` (what the limit's ``key`` gave: an IP, a
+    ``user:<pk>``, ...) in ``group`` (every limit of that group; or one ``Limit``, e.g. a view's
+    ``.ratelimit``): after a successful login, reset its failed-attempts limit."""
+    limits = [group] if isinstance(group, Limit) else list(_by_group.get(group, ()))
+    for limit in limits:
+        get_storage(limit.storage).reset(counter_key(limit, value), limit.rate)

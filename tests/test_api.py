@@ -816,6 +816,15 @@ def test_metrics_are_open_prometheus_text(api: Client) -> None:
     assert float(samples["cache_ring_version"]) == 0
     assert float(samples['cache_operation_seconds_count{op="update"}']) == 2
     assert "# TYPE cache_operation_seconds histogram" in text
+    # Replication, hints, migration and rate-limit counters: present, and counting.
+    assert float(samples["cache_replicated_writes_total"]) >= 2
+    assert float(samples["cache_replica_copies_missed_total"]) == 0
+    assert float(samples["cache_hints_pending"]) == 0
+    for name in ("pushed", "pulled", "dropped", "passes", "failures"):
+        assert f"cache_migration_{name}_total" in samples
+    assert "cache_ratelimit_counters" in samples
+    assert float(samples['cache_ring_node_status{node="n1",status="up"}']) == 1
+    assert float(samples['cache_ring_share{node="n1"}']) == 1.0
 
 
 def test_schema_documents_the_api() -> None:

@@ -251,6 +251,9 @@ class TestSite:
         assert [client.get("/limited").status_code for _ in range(4)][-1] == 429
         core.reset("10.0.0.9", limited.ratelimit)
         assert client.get("/limited").status_code == 200
+        assert [client.get("/limited").status_code for _ in range(3)][-1] == 429
+        core.reset("10.0.0.9", "tests.site.urls.limited")  # by group name
+        assert client.get("/limited").status_code == 200
 
 
 def _hammer_from_a_process(urls: list[str], api_key: str, key: str, algorithm: str) -> int:
@@ -311,6 +314,7 @@ def test_a_storage_error_is_a_storage_error(settings: Any) -> None:
         ({"KEY": "nobody"}, "key 'nobody'"),
         ({"ALGORITHM": "x"}, "unknown algorithm"),
         ({"SPEED": 1}, "unknown settings"),
+        ({"STORAGE": "cluster"}, "needs CLUSTER['LOCATION'] outside a cache node"),
     ],
 )
 def test_bad_settings_fail_the_start_up_checks(setting: dict[str, Any], fragment: str) -> None:
