@@ -3,7 +3,7 @@
 Migrates the registry, starts N ``runnode`` children on consecutive free ports and, once they
 answer, a ``heartbeat`` child that marks a node that stops answering down; prints the admin
 URL, an admin login and an API key (once), then waits. Ctrl-C or SIGTERM stops every
-child; children also get SIGTERM if this process dies (PR_SET_PDEATHSIG), so none is orphaned.
+child; children also get SIGINT if this process dies (PR_SET_PDEATHSIG), so none is orphaned.
 
 Each node runs in a session of its own, so a terminal's Ctrl-C (SIGINT to the whole foreground
 process group) reaches only this command, which passes the signal on to each node's gunicorn
@@ -37,9 +37,10 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the parent exits (Linux)."""
+    """In the child, before exec: get SIGINT (a quick stop: no hand-off of keys to nodes that
+    are stopping too) when the parent exits (Linux)."""
     with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 def port_free(host: str, port: int) -> bool:
@@ -68,6 +69,14 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--replicas", type=int, default=None)
         parser.add_argument("--admin-user", default="admin")
+        parser.add_argument(
+            "--tls",
+            action="store_true",
+            help="serve HTTPS with a development CA and node certificates (manage.py gencerts)",
+        )
+        parser.add_argument(
+            "--certs", default=".certs", help="where --tls keeps its CA and certificates"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         count = options["nodes"]
@@ -84,7 +93,16 @@ class Command(BaseCommand):
         }
         if options["replicas"]:
             env["CACHE_REPLICAS"] = str(options["replicas"])
-        self._forget_other_nodes([f"n{i + 1}" for i in range(count)])
+        names = [f"n{i + 1}" for i in range(count)]
+        certs: Path | None = None
+        if options["tls"]:
+            from nodes.management.commands.gencerts import generate
+
+            certs = Path(options["certs"]).resolve()
+            generate(certs, names, [host], days=30)
+            env["CACHE_CA_BUNDLE"] = str(certs / "ca.pem")
+            self.stdout.write(f"TLS: certificates in {certs} (CA: {certs / 'ca.pem'})")
+        self._forget_other_nodes(names)
 
         children: list[subprocess.Popen[bytes]] = []
         heartbeat: subprocess.Popen[bytes] | None = None
@@ -97,9 +115,11 @@ class Command(BaseCommand):
         previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for i, port in enumerate(ports):
-                children.append(self._spawn(f"n{i + 1}", host, port, env))
-            urls = [f"http://{host}:{p}" for p in ports]
-            if not self._wait_healthy(urls, children, lambda: stopping):
+                children.append(self._spawn(f"n{i + 1}", host, port, env, certs))
+            scheme = "https" if certs is not None else "http"
+            urls = [f"{scheme}://{host}:{p}" for p in ports]
+            ca = str(certs / "ca.pem") if certs is not None else None
+            if not self._wait_healthy(urls, children, lambda: stopping, ca):
                 return  # Ctrl-C during start-up: the finally below stops what started
             heartbeat = self._spawn_heartbeat(env)
             self.stdout.write(self.style.SUCCESS(f"cluster of {count} nodes is up:"))
@@ -111,7 +131,8 @@ class Command(BaseCommand):
             )
             self.stdout.write(f"API key:  {api_key}   (shown once; read,write,admin)")
             self.stdout.write(
-                f"try:      curl -H 'X-API-Key: {api_key}' {urls[0]}/api/v1/cluster/ring"
+                f"try:      curl {'' if ca is None else f'--cacert {ca} '}"
+                f"-H 'X-API-Key: {api_key}' {urls[0]}/api/v1/cluster/ring"
             )
             self.stdout.write("Ctrl-C stops the cluster.")
             self.stdout.flush()
@@ -133,7 +154,7 @@ class Command(BaseCommand):
             self.stdout.write("cluster stopped")
 
     def _spawn(
-        self, name: str, host: str, port: int, env: dict[str, str]
+        self, name: str, host: str, port: int, env: dict[str, str], certs: Path | None = None
     ) -> subprocess.Popen[bytes]:
         argv = [
             sys.executable,
@@ -146,6 +167,13 @@ class Command(BaseCommand):
             "--port",
             str(port),
         ]
+        if certs is not None:
+            argv += [
+                "--certfile",
+                str(certs / f"{name}.pem"),
+                "--keyfile",
+                str(certs / f"{name}.key"),
+            ]
         return subprocess.Popen(
             argv,
             cwd=Path(settings.BASE_DIR),
@@ -169,9 +197,11 @@ class Command(BaseCommand):
         urls: list[str],
         children: list[subprocess.Popen[bytes]],
         stop_requested: Callable[[], bool],
+        ca_certs: str | None = None,
     ) -> bool:
-        """Wait until every node answers /health; False if a stop was requested first."""
-        http = urllib3.PoolManager(retries=False, timeout=1.0)
+        """Wait until every node answers /health (over verified TLS with ``ca_certs``); False
+        if a stop was requested first."""
+        http = urllib3.PoolManager(retries=False, timeout=1.0, ca_certs=ca_certs)
         deadline = time.monotonic() + 60
         pending = set(urls)
         while pending:
