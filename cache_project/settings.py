@@ -25,6 +25,17 @@ SECRET_KEY = os.environ.get(
     "DJANGO_SECRET_KEY", "dev-insecure-change-me-0f4c1c1f5f0d4e5b9e1a7a3c2b8d6e4f"
 )
 DEBUG = _env_bool("DJANGO_DEBUG", False)
+
+# A node started with TLS (runnode --certfile) serves only HTTPS: its admin cookies are sent over
+# HTTPS only, and browsers are told to keep to HTTPS.
+TLS = bool(os.environ.get("CACHE_TLS_CERTFILE"))
+SESSION_COOKIE_SECURE = TLS
+CSRF_COOKIE_SECURE = TLS
+SECURE_HSTS_SECONDS = 3600 if TLS else 0
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()
 ]

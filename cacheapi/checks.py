@@ -59,3 +59,20 @@ def check_cluster_secret(app_configs: Any = None, **kwargs: Any) -> list[checks.
             )
         ]
     return []
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``manage.py check --deploy``: the repository's development SECRET_KEY is an error."""
+    from django.conf import settings
+
+    if settings.SECRET_KEY.startswith(DEV_SECRET_PREFIX):
+        return [
+            checks.Error(
+                "SECRET_KEY is the development default from this repository: anyone can forge "
+                "admin sessions and password-reset tokens.",
+                hint="Set DJANGO_SECRET_KEY to a long random value (the same on every node).",
+                id="cacheapi.E003",
+            )
+        ]
+    return []

@@ -53,3 +53,14 @@ def test_development_secret_warns_on_deploy(monkeypatch):
         assert check_cluster_secret() == []
     with override_settings(SECRET_KEY="a-real-random-key-" + "x" * 40):
         assert check_cluster_secret() == []
+
+
+def test_the_development_secret_key_fails_the_deploy_checks(settings) -> None:
+    from django.core import checks
+
+    settings.SECRET_KEY = "dev-insecure-anything"
+    ids = [m.id for m in checks.run_checks(include_deployment_checks=True)]
+    assert "cacheapi.E003" in ids
+    settings.SECRET_KEY = "a-long-random-production-value-" + "x" * 40
+    ids = [m.id for m in checks.run_checks(include_deployment_checks=True)]
+    assert "cacheapi.E003" not in ids

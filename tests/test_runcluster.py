@@ -260,6 +260,11 @@ def test_runcluster_tls_serves_https_verified_by_its_own_ca(tmp_path):
             return all(n["last_heartbeat"] for n in nodes)
 
         wait_for(heard, timeout=30)  # the heartbeat probes over verified TLS too
+        login = requests.get(f"{urls[0]}/admin/login/", verify=ca, timeout=5)
+        assert "Secure" in login.headers["Set-Cookie"]  # the CSRF cookie goes over HTTPS only
+        assert "max-age=3600" in login.headers["Strict-Transport-Security"]
+        api = requests.get(f"{urls[0]}/api/v1/keys/t1", headers=auth, verify=ca, timeout=5)
+        assert api.headers["X-Content-Type-Options"] == "nosniff"
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(f"{urls[0]}/health", timeout=5)  # the system CAs do not know it
     finally:

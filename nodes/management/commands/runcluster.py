@@ -90,6 +90,8 @@ class Command(BaseCommand):
         env = {
             **os.environ,
             "CACHE_SECRET": os.environ.get("CACHE_SECRET") or secrets.token_hex(32),
+            # Never the repository's development key: admin sessions are signed with it.
+            "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50),
         }
         if options["replicas"]:
             env["CACHE_REPLICAS"] = str(options["replicas"])
