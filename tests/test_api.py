@@ -1634,3 +1634,11 @@ def test_ratelimit_hit_needs_the_write_scope(make_client: Any) -> None:
     reader = make_client("read")
     response = reader.post("/api/v1/ratelimit/hit", {"key": "k", "rate": "2/m"}, content_type=JSON)
     assert_error(response, 403, "forbidden")
+
+
+def test_metrics_count_admin_requests_and_database_queries(make_key: Any) -> None:
+    make_key("read")  # a query through the monitored database engine
+    Client().get("/admin/login/")
+    text = Client().get("/metrics").content.decode()
+    assert "django_http_requests_total_by_method_total" in text  # the admin's stack
+    assert 'django_db_execute_total{alias="default"' in text
