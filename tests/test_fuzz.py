@@ -12,8 +12,8 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
 from tests.processes import NodeProcess, Registry, running_node
