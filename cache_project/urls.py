@@ -11,6 +11,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from cacheapi.api import metrics_view, views
 from cacheapi.settings import cluster_settings
+from nodes import dashboard
 
 if TYPE_CHECKING:
     from rest_framework.decorators import ViewSetAction  # stubs only
@@ -63,6 +64,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     *seed,
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("admin/", include(dashboard.urlpatterns)),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view.metrics, name="prometheus-django-metrics"),
 ]
