@@ -214,6 +214,7 @@ class CacheCollector(Collector):
             statuses.add_metric([member.name, member.status], 1)
         yield statuses
         yield shares
+        yield from _heartbeat_ages()
 
     def _operations(self) -> Iterator[Any]:
         hist = HistogramMetricFamily(
@@ -238,6 +239,29 @@ class CacheCollector(Collector):
         yield hist
         yield errors
         yield forwards
+
+
+def _heartbeat_ages() -> Iterator[Any]:
+    """Seconds since each node's last heartbeat, from the registry (nothing when the registry
+    cannot be read: a scrape never fails for it)."""
+    from django.db import DatabaseError
+    from django.utils import timezone
+
+    from nodes.models import Node as Registered
+
+    ages = GaugeMetricFamily(
+        "cache_node_heartbeat_age_seconds",
+        "Seconds since the heartbeat last heard each node (the registry's view).",
+        labels=["node"],
+    )
+    now = timezone.now()
+    try:
+        for name, seen in Registered.objects.values_list("name", "last_heartbeat"):
+            if seen is not None:
+                ages.add_metric([name], (now - seen).total_seconds())
+    except DatabaseError:
+        return
+    yield ages
 
 
 def _bound_label(bound: float) -> str:

@@ -54,6 +54,8 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "After a node times out, calls to it fail at once for this long, then one tries again.",
     ),
     "CA_BUNDLE": ("", "CA bundle that nodes verify each other's TLS certificates against."),
+    "TLS_CERTFILE": ("", "The node's TLS certificate (runnode --certfile): serve HTTPS."),
+    "TLS_KEYFILE": ("", "The node's TLS private key (runnode --keyfile)."),
     "API_RATE_LIMIT": (
         "",
         "Rate per API key for the node's /api/ calls over HTTP, e.g. '1000/s' (empty = off).",

@@ -1642,3 +1642,22 @@ def test_metrics_count_admin_requests_and_database_queries(make_key: Any) -> Non
     text = Client().get("/metrics").content.decode()
     assert "django_http_requests_total_by_method_total" in text  # the admin's stack
     assert 'django_db_execute_total{alias="default"' in text
+
+
+def test_metrics_give_each_node_s_heartbeat_age(db: None) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from nodes.models import Node
+
+    Node.objects.create(
+        name="hb", url="http://127.0.0.1:1", last_heartbeat=timezone.now() - dt.timedelta(seconds=5)
+    )
+    Node.objects.create(name="never", url="http://127.0.0.1:2")
+    text = Client().get("/metrics").content.decode()
+    [line] = [
+        x for x in text.splitlines() if x.startswith('cache_node_heartbeat_age_seconds{node="hb"}')
+    ]
+    assert 5 <= float(line.rsplit(" ", 1)[1]) < 60
+    assert 'cache_node_heartbeat_age_seconds{node="never"}' not in text

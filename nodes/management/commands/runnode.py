@@ -45,6 +45,9 @@ class Command(BaseCommand):
                 f"--workers {options['workers']}: a cache node runs exactly one worker process, "
                 "because the store lives in that process. Start more nodes instead."
             )
+        # TLS_CERTFILE / TLS_KEYFILE (CACHE_CLUSTER or the environment) when not given here.
+        options["certfile"] = options["certfile"] or cluster_settings.TLS_CERTFILE or None
+        options["keyfile"] = options["keyfile"] or cluster_settings.TLS_KEYFILE or None
         if bool(options["certfile"]) != bool(options["keyfile"]):
             raise CommandError("--certfile and --keyfile go together")
         name = options["name"] or cluster_settings.NODE_NAME
