@@ -1661,3 +1661,33 @@ def test_metrics_give_each_node_s_heartbeat_age(db: None) -> None:
     ]
     assert 5 <= float(line.rsplit(" ", 1)[1]) < 60
     assert 'cache_node_heartbeat_age_seconds{node="never"}' not in text
+
+
+def test_metrics_parse_as_prometheus_text_and_move_with_traffic(api: Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = Client().get("/metrics").content.decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    before = samples()
+    put(api, "m1", {"value": 1})
+    api.get(url("m1"))
+    api.get(url("nope"))
+    after = samples()
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("cache_sets_total") == 1
+    assert delta("cache_hits_total") == 1
+    assert delta("cache_misses_total") == 1
+    assert delta("cache_replicated_writes_total") == 1
+    assert delta("cache_operation_seconds_count", op="retrieve") == 2
+    assert after[("cache_items", ())] >= 1
+    assert ("cache_ring_share", (("node", "n1"),)) in after

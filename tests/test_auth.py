@@ -267,14 +267,19 @@ def test_cluster_secret_grants_internal_access(db: None) -> None:
 
 
 @pytest.mark.parametrize("secret", ["wrong", "", lambda: cluster_settings.SECRET[:-1]])
-def test_wrong_cluster_secret_is_401(make_key: Callable[..., str], secret: Any) -> None:
+def test_wrong_cluster_secret_is_403_as_on_the_peer_protocol(
+    make_key: Callable[..., str], secret: Any
+) -> None:
     secret = secret() if callable(secret) else secret
     seed("k", 1)
     # A valid API key alongside does not rescue a wrong secret.
     peer = Client(headers={"X-Cluster-Secret": secret, "X-API-Key": make_key()})
     body = {"items": [{"key": "k", "value": 2, "version": "9-0-n2"}]}
-    assert "secret" in assert_unauthorized(peer.post("/sync", body, content_type=JSON))
-    assert_unauthorized(peer.get("/api/v1/keys/k"))
+    assert "secret" in assert_error(peer.post("/sync", body, content_type=JSON), 403, "forbidden")
+    assert_error(peer.get("/api/v1/keys/k"), 403, "forbidden")
+    assert_error(peer.put("/api/v1/keys/k", {"value": 3}, content_type=JSON), 403, "forbidden")
+    hit = {"key": "rl", "rate": "1/m"}
+    assert_error(peer.post("/api/v1/ratelimit/hit", hit, content_type=JSON), 403, "forbidden")
     assert stored("k") == 1
 
 
@@ -285,7 +290,7 @@ def test_cluster_secret_comes_from_settings(db: None) -> None:
         ok = Client(headers={"X-Cluster-Secret": "configured-secret"})
         assert data(ok.post("/sync", body, content_type=JSON))["stored"] == 1
         old = Client(headers={"X-Cluster-Secret": derived})
-        assert_unauthorized(old.post("/sync", body, content_type=JSON))
+        assert_error(old.post("/sync", body, content_type=JSON), 403, "forbidden")
     assert derived == cluster_settings.SECRET  # the override is gone
     # The secret is not an API key.
     assert_unauthorized(key_client(derived).get("/api/v1/keys/k"))

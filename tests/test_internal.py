@@ -106,6 +106,32 @@ def test_a_call_without_the_right_secret_is_forbidden_and_changes_nothing(app, s
     assert store.peek("k") is None
 
 
+WRITES = {  # every operation that changes something, in the form replication and migration use
+    "set": {"key": "k", "value": "1", "binary": False, "ttl": None, "version": "9-0-n2"},
+    "delete": {"key": "old", "version": "9-0-n2"},
+    "touch": {"key": "old", "ttl": 5},
+    "incr": {"key": "n", "delta": 1},
+    "set_many": {"items": [["k", "1", False, None]], "version": "9-0-n2"},
+    "delete_many": {"keys": ["old"], "version": "9-0-n2"},
+    "sync": {"items": [["k", "1", False, None, "9-0-n2"]]},
+    "clear": {},
+    "ratelimit": {"key": "rl", "limit": 1, "period": 60},
+    "scan": {"owner": "n1", "ring_version": 0, "cursor": 0, "limit": 10},
+}
+
+
+@pytest.mark.parametrize("op", sorted(WRITES))
+def test_every_write_path_needs_the_secret_and_changes_nothing_without_it(app, store, op):
+    store.set("old", b"1")
+    store.set("n", b"1")
+    for secret in (None, "wrong"):
+        status, _, body = call(app, op, WRITES[op], secret=secret)
+        assert (status, error_code(body)) == (403, "forbidden")
+    assert store.peek("k") is None
+    assert store.peek("old").value == b"1"
+    assert store.peek("n").value == b"1"
+
+
 def test_unknown_operation_is_404_and_other_methods_405(app):
     status, headers, body = call(app, "flushall", {})
     assert (status, error_code(body)) == (404, "unknown_operation")  # not "not_found": a miss

@@ -154,7 +154,9 @@ class ApiKeyAuthentication(BaseAuthentication):
         if secret is not None:
             if is_cluster_secret(secret):
                 return Principal("cluster", INTERNAL_SCOPES, internal=True), secret
-            raise exceptions.AuthenticationFailed("invalid cluster secret")
+            # 403, as the peer protocol answers a wrong secret: the caller claims to be a node
+            # and is not one (a wrong API key, a credential that may be mistyped, is 401).
+            raise exceptions.PermissionDenied("wrong cluster secret")
         raw = presented_key(meta)
         if raw is None:
             return None
