@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,7 +80,9 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.mark.integration
-def test_the_dashboard_shows_live_nodes_in_a_browser(live: tuple[Cluster, str], browser: Any):
+def test_the_dashboard_shows_live_nodes_in_a_browser(
+    live: tuple[Cluster, str], browser: Any, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
 
     cluster, password = live
@@ -112,3 +115,8 @@ def test_the_dashboard_shows_live_nodes_in_a_browser(live: tuple[Cluster, str], 
     items = sum(int(cells[5]) for cells in rows().values() if cells[5].isdigit())
     assert items >= 100  # 50 keys, two copies each
     assert "MiB" in rows()["n1"][6]
+    # The screenshot in docs/ (README, Admin) comes from here: DASHBOARD_SCREENSHOT=docs/...
+    shot = Path(os.environ.get("DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
+    browser.set_window_size(1200, 700)
+    assert browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

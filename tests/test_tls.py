@@ -125,3 +125,69 @@ def test_tls_nodes_forward_to_each_other_with_verification(tmp_path):
             unverified.close()
     finally:
         cluster.stop()
+
+
+def test_a_three_node_tls_cluster_from_gencerts_refuses_a_node_of_another_ca(tmp_path):
+    """gencerts' CA: client, Django backend and node-to-node calls over verified TLS; a node
+    whose certificate another CA signed is refused by its peers (its keys fail, not leak)."""
+    from cacheapi.backends import ClusterCache
+    from nodes.management.commands.gencerts import generate
+    from tests.processes import NodeProcess
+
+    certs, rogue = tmp_path / "certs", tmp_path / "rogue"
+    generate(certs, ["n1", "n2", "n3"], [], days=1)
+    generate(rogue, ["n4"], [], days=1)  # a CA of its own
+    ca = str(certs / "ca.pem")
+    registry = Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}", CACHE_CA_BUNDLE=ca)
+    cluster = Cluster(registry, tmp_path, 3)
+    cluster.session.verify = ca
+    cluster.session.trust_env = False
+    intruder = NodeProcess(registry, "n4", tmp_path)
+    try:
+        for n in cluster.nodes:
+            n.url = n.url.replace("http://", "https://")
+            n.start(
+                "--certfile",
+                str(certs / f"{n.name}.pem"),
+                "--keyfile",
+                str(certs / f"{n.name}.key"),
+            )
+        for n in cluster.nodes:
+            wait_for(lambda n=n: cluster.session.get(f"{n.url}/health", timeout=2).ok, timeout=30)
+        client = CacheClient([cluster.nodes[0].url], api_key=registry.api_key, ca_certs=ca)
+        backend = ClusterCache(
+            [n.url for n in cluster.nodes],
+            {"OPTIONS": {"API_KEY": registry.api_key, "CA_BUNDLE": ca}},
+        )
+        try:
+            client.set_many({f"k{i}": i for i in range(30)})  # batches fan out node to node
+            assert client.get_many([f"k{i}" for i in range(30)]) == {f"k{i}": i for i in range(30)}
+            backend.set("django", {"over": "tls"})
+            assert backend.get("django") == {"over": "tls"}
+            assert sum(cluster.stats(n)["items"] for n in cluster.nodes) == 2 * 31
+
+            # n4 serves a certificate from another CA: once it is in the ring, its peers
+            # refuse its TLS, so calls to it fail (503 / failed keys) and nothing is sent to it.
+            intruder.start("--certfile", str(rogue / "n4.pem"), "--keyfile", str(rogue / "n4.key"))
+            intruder.url = intruder.url.replace("http://", "https://")
+            wait_for(
+                lambda: "n4" in {n["name"] for n in cluster.ring(cluster.nodes[0])["nodes"]},
+                timeout=30,
+            )
+            ring = Ring.from_dict(cluster.ring(cluster.nodes[0]))
+            owned = next(f"x{i}" for i in range(500) if ring.primary(f"x{i}").name == "n4")
+            r = cluster.put(
+                cluster.nodes[0],
+                f"/api/v1/keys/{owned}",
+                {"value": "secret"},
+                headers={"X-API-Key": registry.api_key},
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["copies"] == 1  # the other owner took it; n4 did not get it
+            log = cluster.nodes[0].log()
+            assert "CERTIFICATE_VERIFY_FAILED" in log or "certificate verify failed" in log
+        finally:
+            client.close()
+    finally:
+        intruder.stop()
+        cluster.stop()
