@@ -73,6 +73,7 @@ T = TypeVar("T")
 
 INT64 = (-(2**63), 2**63 - 1)
 MAX_KEY_BYTES = 250  # the nodes' default MAX_KEY_BYTES
+MAX_TTL = 10 * 365 * 86400  # the nodes' default MAX_TTL
 _BAD_KEY_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # as cacheapi.validation refuses
 DIGEST_PREFIX = "sha256:"
 _MISSING = object()
@@ -169,10 +170,14 @@ class ClusterCache(BaseCache):
         return cluster_key(self.make_and_validate_key(key, version=version))
 
     def _ttl(self, timeout: Any) -> float | None:
-        """Seconds to keep a value, None for ever; <= 0 means "expired already"."""
+        """Seconds to keep a value, None for ever; <= 0 means "expired already". Past the
+        nodes' MAX_TTL (ten years) is for ever, as good as: Django's own backends take any."""
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
-        return None if timeout is None else float(timeout)
+        if timeout is None:
+            return None
+        seconds = float(timeout)
+        return None if seconds > MAX_TTL else seconds
 
     def _guard(self, call: Callable[[], T], fallback: T) -> T:
         """Run ``call``; a cluster that cannot be reached raises, or with IGNORE_EXCEPTIONS
@@ -204,12 +209,12 @@ class ClusterCache(BaseCache):
         made = self._key(key, version)
         self._guard(lambda: self._set(made, value, self._ttl(timeout)), None)
 
-    def _set(self, made: str, value: Any, ttl: float | None) -> bool:
+    def _set(self, made: str, value: Any, ttl: float | None, encoded: bool = False) -> bool:
         if ttl is not None and ttl <= 0:
             self.client.delete(made)
             return True
         try:
-            self.client.set(made, self.encode(value), ttl=ttl)
+            self.client.set(made, value if encoded else self.encode(value), ttl=ttl)
         except InvalidRequest as exc:
             if exc.code != "value_too_large":
                 raise
@@ -307,6 +312,12 @@ class ClusterCache(BaseCache):
         values = {k: self.encode(data[original]) for k, original in made.items()}
         try:
             self.client.set_many(values, ttl=ttl)
+        except InvalidRequest as exc:
+            if exc.code != "value_too_large":
+                raise
+            # One value too large refuses the whole batch: set them one by one instead, and
+            # report the keys that were not stored.
+            return [made[k] for k, v in values.items() if not self._set(k, v, ttl, encoded=True)]
         except Unavailable as exc:
             if not self._ignore and len(exc.failed) == len(made):
                 raise  # nothing reached the cluster

@@ -87,7 +87,7 @@ def sliding_window(
     if allowed:
         current += cost
         used += cost
-    retry = 0.0 if allowed else _sliding_retry(start, now, period, limit, previous, current, cost)
+    retry = 0.0 if allowed else sliding_retry(start, now, period, limit, previous, current, cost)
     # The count is whole again once the current window has slid out of view entirely.
     reset = (start + 2 * period - now) if current else (start + period - now)
     decision = Decision(
@@ -100,7 +100,7 @@ def sliding_window(
     return (SLIDING, start, previous, current), start + 2 * period - now, decision
 
 
-def _sliding_retry(
+def sliding_retry(
     start: float, now: float, period: float, limit: int, previous: float, current: float, cost: int
 ) -> float:
     """When ``previous * overlap + current + cost <= limit`` next holds."""

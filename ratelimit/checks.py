@@ -90,6 +90,9 @@ def _check_rule(index: int, rule: Any) -> list[checks.CheckMessage]:
             )
         ]
     problems: list[checks.CheckMessage] = []
+    burst = rule.get("burst")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
+        problems.append(_error(f"{where}: burst {burst!r} must be 1 or more.", "Fix the rule.", 8))
     for field, validate in (
         ("rate", parse_rate),
         ("algorithm", algorithms.get),

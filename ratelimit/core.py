@@ -13,6 +13,7 @@ if over its limit, and the failure is logged and counted (``failures``), never a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import ipaddress
@@ -60,6 +61,12 @@ class Limit:
 
         name = algorithm or ratelimit_settings.ALGORITHM
         algorithms.get(name)
+        if burst is not None and (
+            isinstance(burst, bool) or not isinstance(burst, int) or burst < 1
+        ):
+            raise ValueError(f"burst {burst!r}: a whole number, 1 or more")
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise ValueError(f"cost {cost!r}: a whole number, 1 or more")
         chosen = key if key is not None else ratelimit_settings.KEY
         keys.check_key(chosen)
         if isinstance(method, str):
@@ -103,10 +110,13 @@ def allowlisted(request: Any) -> bool:
         return False
     user = getattr(request, "user", None)
     name = getattr(user, "get_username", lambda: None)() if user is not None else None
+    address = keys.client_ip(request)  # behind TRUSTED_PROXIES: the client's, not the proxy's
+    ip: Any = None
     try:
-        ip = ipaddress.ip_address(request.META.get("REMOTE_ADDR", "") or keys.client_ip(request))
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        ip = None
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.ip_network(address).network_address  # an IPv6 client's /64
     for entry in entries:
         if name is not None and getattr(user, "is_authenticated", False) and entry == name:
             return True
@@ -137,11 +147,11 @@ def check(
             counter_key(limit, value), limit.algorithm, limit.rate, cost, limit.burst
         )
     except StorageError as exc:
-        decision = _on_failure(limit, exc)
+        decision = on_failure(limit, exc)
     return Result(decision, limit, headers(limit, decision))
 
 
-def _on_failure(limit: Limit, exc: Exception) -> Decision:
+def on_failure(limit: Limit, exc: Exception) -> Decision:
     global failures
     failures += 1
     open_ = bool(ratelimit_settings.FAIL_OPEN)
@@ -162,7 +172,7 @@ def headers(limit: Limit, decision: Decision) -> dict[str, str]:
     when denied."""
     out: dict[str, str] = {}
     if ratelimit_settings.HEADERS:
-        name = limit.group.replace('"', "")
+        name = _sf_string(limit.group)
         window = math.ceil(limit.rate.period)
         out["RateLimit-Policy"] = f'"{name}";q={decision.limit};w={window}'
         reset = max(0, math.ceil(decision.reset_after))
@@ -171,6 +181,16 @@ def headers(limit: Limit, decision: Decision) -> dict[str, str]:
         retry = decision.retry_after
         out["Retry-After"] = str(max(1, math.ceil(retry)) if math.isfinite(retry) else 86400)
     return out
+
+
+def _sf_string(text: str) -> str:
+    """``text`` as the inside of a structured-field string: printable ASCII, with ``\\`` and
+    ``"`` escaped; anything else is replaced by a short digest of the name."""
+    if not all(" " <= c <= "~" for c in text):
+        return (
+            "g-" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+        )
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def too_many(result: Result) -> Any:

@@ -15,12 +15,15 @@ answers 429 with ``Retry-After`` from ``wait()``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from ratelimit import core
+
+_limits: dict[tuple[type, str, str], core.Limit] = {}
 
 
 class RateLimitThrottle(BaseThrottle):
@@ -45,15 +48,21 @@ class RateLimitThrottle(BaseThrottle):
         if rate is None:
             return True
         group = self.scope or getattr(view, "throttle_scope", None) or type(self).__name__
-        limit = core.Limit.build(
-            rate=rate,
-            key=self.key,
-            algorithm=self.algorithm,
-            group=f"drf:{group}",
-            burst=self.burst,
-        )
-        self.result = core.check(request, limit)
+        self.result = core.check(request, self._limit(rate, f"drf:{group}"))
         return self.result is None or self.result.allowed
+
+    def _limit(self, rate: str, group: str) -> core.Limit:
+        """Built once per throttle class, rate and group (not per request)."""
+        cls = type(self)
+        found = _limits.get((cls, rate, group))
+        if found is None:
+            key = inspect.getattr_static(cls, "key")  # a function stays a plain function
+            if isinstance(key, staticmethod | classmethod):
+                key = key.__get__(None, cls)
+            found = _limits[(cls, rate, group)] = core.Limit.build(
+                rate=rate, key=key, algorithm=self.algorithm, group=group, burst=self.burst
+            )
+        return found
 
     def wait(self) -> float | None:
         if self.result is None or self.result.allowed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 
@@ -75,7 +76,12 @@ class RateLimitRule(models.Model):
         default="ip",
         help_text="ip, user, user_or_ip, api_key, header:<name>, or a dotted path.",
     )
-    burst = models.PositiveIntegerField(null=True, blank=True, help_text="Token bucket size.")
+    burst = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Token bucket size (1 or more; blank: the rate's count).",
+    )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 

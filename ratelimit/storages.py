@@ -136,14 +136,22 @@ class CacheStorage:
         current = self._count(key, start, period, cost)
         used = previous * (1.0 - (now - start) / period) + current
         allowed = used <= rate.limit
-        state = (algorithms.SLIDING, start, previous, float(current - (0 if allowed else cost)))
-        _, _, decision = algorithms.sliding_window(state, now, rate, 0, None)
+        # When a request like this one would fit: the attempts counted so far (this denied
+        # one included: here every attempt counts) stay, the previous window's weight decays.
+        retry = 0.0
+        if not allowed:
+            counted = float(current)
+            retry = max(
+                algorithms.sliding_retry(start, now, period, rate.limit, previous, counted, cost),
+                0.001,
+            )
+        reset = (start + 2 * period - now) if current else (start + period - now)
         return Decision(
             allowed=allowed,
             limit=rate.limit,
             remaining=max(0, math.floor(rate.limit - used)),
-            reset_after=decision.reset_after,
-            retry_after=0.0 if allowed else max(decision.retry_after, 0.001),
+            reset_after=reset,
+            retry_after=retry,
         )
 
     def _bucket(self, key: str, rate: Rate, cost: int, burst: int | None) -> Decision:
@@ -162,7 +170,11 @@ class CacheStorage:
             if rate is not None:
                 start = math.floor(now / rate.period) * rate.period
                 keys += [f"{key}:{int(start)}", f"{key}:{int(start - rate.period)}"]
-            self.cache.delete_many(keys)
+            # One by one, not delete_many: on a cluster a single key's delete is stamped by its
+            # owner, after the increments it stamped; a batch's coordinator may be another node
+            # whose clock is a hair behind within the same millisecond.
+            for name in keys:
+                self.cache.delete(name)
         except Exception as exc:
             raise StorageError(f"cache {self.alias!r}: {exc}") from exc
 

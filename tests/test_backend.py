@@ -320,6 +320,14 @@ class TestClusterOnly:
         framed, http = (now - then for now, then in zip(counts(), before, strict=True))
         assert (framed, http) == ((10, 0) if streams else (0, 10))
 
+    def test_any_timeout_django_takes_and_one_oversized_value_in_a_batch(self, cluster: Cluster):
+        cache = cluster_cache(cluster, KEY_PREFIX="odd")
+        cache.set("long", 1, timeout=20 * 365 * 86400)  # past the nodes' MAX_TTL: for ever
+        assert cache.get("long") == 1
+        failed = cache.set_many({"small": 1, "huge": b"x" * (2 * 2**20), "also": 2})
+        assert failed == ["huge"]
+        assert cache.get_many(["small", "huge", "also"]) == {"small": 1, "also": 2}
+
     def test_ints_are_json_integers_on_the_nodes(self, cluster: Cluster) -> None:
         cache = cluster_cache(cluster, KEY_PREFIX="ints")
         cache.set("n", 41)

@@ -349,3 +349,123 @@ def test_a_node_can_limit_its_api_per_api_key(tmp_path: Any) -> None:
         theirs = requests.get(f"{node.url}/api/v1/keys/k", headers={"X-API-Key": other}, timeout=5)
         assert theirs.status_code == 404  # its own quota
         assert all(requests.get(f"{node.url}/health", timeout=5).ok for _ in range(5))
+        # A made-up key with another key's prefix spends only its IP's quota, not that key's.
+        forged = {"X-API-Key": other.partition(".")[0] + ".not-the-secret"}
+        for _ in range(2):
+            requests.get(f"{node.url}/api/v1/keys/k", headers=forged, timeout=5)
+        again = requests.get(f"{node.url}/api/v1/keys/k", headers={"X-API-Key": other}, timeout=5)
+        assert again.status_code == 404
+        # Client streams are counted against the same quota: this key has one call left.
+        from tests.test_streams import Stream
+
+        stream = Stream(node.port, other)
+        try:
+            assert stream.call("get", {"key": "k"})[0] == 404
+            status, body = stream.call("get", {"key": "k"})
+            assert (status, body["error"]["code"]) == (429, "rate_limited")
+        finally:
+            stream.close()
+
+
+@SITE
+def test_the_allowlist_sees_the_client_behind_trusted_proxies(settings: Any, db: None) -> None:
+    settings.CACHES = caches_with()
+    settings.RATELIMIT = {
+        "STORAGE": "local",
+        "TRUSTED_PROXIES": 1,
+        "ALLOWLIST": ["203.0.113.0/24", "127.0.0.1"],
+    }
+    storages.reset()
+    allowed = Client(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.7")
+    assert all(allowed.get("/limited").status_code == 200 for _ in range(5))
+    # The proxy's own address on the allowlist does not let its clients through.
+    other = Client(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.1")
+    assert [other.get("/limited").status_code for _ in range(4)][-1] == 429
+
+
+def test_rate_limit_headers_are_valid_structured_field_strings() -> None:
+    from ratelimit.algorithms import Decision
+
+    limit = core.Limit.build(rate="5/m", group='we"ird\\group')
+    made = core.headers(limit, Decision(True, 5, 4, 30.0, 0.0))
+    assert made["RateLimit-Policy"] == '"we\\"ird\\\\group";q=5;w=60'
+    other = core.headers(
+        core.Limit.build(rate="5/m", group="grüße"), Decision(True, 5, 4, 30.0, 0.0)
+    )
+    assert other["RateLimit"].startswith('"g-')
+
+
+@pytest.mark.parametrize("burst", [0, -1, True])
+def test_a_bucket_must_hold_at_least_one(burst: Any) -> None:
+    with pytest.raises(ValueError, match="burst"):
+        core.Limit.build(rate="5/m", algorithm="token_bucket", burst=burst)
+
+
+def test_the_cache_storage_s_sliding_retry_after_is_the_real_wait(settings: Any) -> None:
+    from tests.clocks import FakeClock
+
+    settings.CACHES = caches_with()
+    clock = FakeClock(600.0)
+    store = CacheStorage("locmem", clock=clock)
+    key = fresh()
+    for _ in range(10):
+        assert store.check(key, "sliding_window", Rate(10, 60.0)).allowed
+    clock.advance(65)  # 5 s into the next window: the last one counts 55/60
+    denied = store.check(key, "sliding_window", Rate(10, 60.0))
+    assert not denied.allowed
+    # 55/60 of 10 plus this denied attempt: a request fits once the old window's weight has
+    # decayed to 8, 7 s from now (not a token 1 ms).
+    assert denied.retry_after == pytest.approx(7.0)
+    clock.advance(7.001)
+    assert store.check(key, "sliding_window", Rate(10, 60.0)).allowed
+
+
+def test_counters_are_per_api_key_and_a_reset_needs_admin(make_client: Any) -> None:
+    hit = "/api/v1/ratelimit/hit"
+    one, two, writer = (
+        make_client("read,write,admin"),
+        make_client("read,write,admin"),
+        make_client("read,write"),
+    )
+    body = {"key": "shared-name", "rate": "1/m"}
+    assert one.post(hit, body, content_type="application/json").json()["allowed"] is True
+    assert one.post(hit, body, content_type="application/json").json()["allowed"] is False
+    # Another key's counter of the same name is its own.
+    assert two.post(hit, body, content_type="application/json").json()["allowed"] is True
+    reset = {**body, "reset": True}
+    answer = writer.post(hit, reset, content_type="application/json")
+    assert answer.status_code == 403
+    assert one.post(hit, reset, content_type="application/json").json()["remaining"] == 1
+
+
+def by_client_header(group: str, request: Any) -> str:
+    return request.META.get("HTTP_X_CLIENT", "none")
+
+
+def test_the_drf_throttle_takes_a_key_function_and_builds_its_limit_once(settings: Any) -> None:
+    from django.test import RequestFactory
+
+    from ratelimit import drf
+
+    settings.RATELIMIT = {"STORAGE": "local"}
+    storages.reset()
+
+    class ByHeader(drf.RateLimitThrottle):
+        rate = "2/m"
+        key = by_client_header  # a plain function as a class attribute
+
+    class ByStatic(drf.RateLimitThrottle):
+        rate = "2/m"
+        key = staticmethod(by_client_header)
+
+    view = object()
+    for cls in (ByHeader, ByStatic):
+        answers = []
+        for _ in range(3):
+            request = RequestFactory().get("/", HTTP_X_CLIENT=f"c-{cls.__name__}")
+            answers.append(cls().allow_request(request, view))
+        assert answers == [True, True, False]
+    before = len(core._by_group)
+    for _ in range(5):
+        ByHeader().allow_request(RequestFactory().get("/"), view)
+    assert len(core._by_group) == before  # not one Limit per request

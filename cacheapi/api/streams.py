@@ -49,6 +49,7 @@ from django.db import DatabaseError
 
 from cacheapi import errors, validation, values
 from cacheapi.api.auth import Principal, presented_key, verify_key
+from cacheapi.api.limits import counter_namespace, stream_over_limit
 from cacheapi.peer import frames
 from cacheapi.peer.server import STREAM_FRAME_SECONDS, _end_stream, ratelimit_call
 from cacheapi.peer.wire import RING_HEADER, hit_headers
@@ -231,8 +232,14 @@ class ClientStreams:
             scope = "read" if op in READS else "write"
             if not principal.has_scope(scope):
                 raise errors.Forbidden(f"this API key lacks the {scope!r} scope")
+            refused = stream_over_limit(raw_key)  # API_RATE_LIMIT, as over HTTP
+            if refused is not None:
+                return _limited(refused), True
             data, tail = split_body(body)
-            answer = handler(self._router(), data, tail)
+            if op == "ratelimit":  # counters live in the caller's namespace
+                answer = self._ratelimit(self._router(), data, tail, (principal, raw_key))
+            else:
+                answer = handler(self._router(), data, tail)
         except errors.CacheError as exc:
             answer = _error(exc)
         except StoreError as exc:
@@ -317,15 +324,28 @@ class ClientStreams:
         result = router.set_many(validation.item_list(data))
         return _json({"stored": result.count, "failed": result.failed})
 
-    def _ratelimit(self, router: Any, data: Mapping[str, Any], tail: bytes) -> Answer:
+    def _ratelimit(
+        self, router: Any, data: Mapping[str, Any], tail: bytes, principal: Any = None
+    ) -> Answer:
         key, _, rate, cost, burst = ratelimit_call(data)
         algorithm, reset = data.get("algorithm", "fixed_window"), data.get("reset", False)
+        if principal is None:
+            raise errors.Forbidden("a counter belongs to an API key")
+        key = counter_namespace(principal[0], principal[1], key, reset)
         decision = router.ratelimit(key, algorithm, rate, cost, burst, reset)
         return _json(algorithms.to_wire(decision))
 
     def _delete_many(self, router: Any, data: Mapping[str, Any], tail: bytes) -> Answer:
         result = router.delete_many(validation.key_list(data))
         return _json({"deleted": result.count, "failed": result.failed})
+
+
+def _limited(result: Any) -> Answer:
+    """A frame's 429: the error envelope, with Retry-After and the RateLimit headers."""
+    exc = errors.CacheError(f"rate limit {result.limit.rate} exceeded")
+    exc.code = "rate_limited"
+    status, headers, body = _error(exc)
+    return status, [*headers, *((k.lower(), v) for k, v in result.headers.items())], body
 
 
 def values_version(text: Any) -> Version:

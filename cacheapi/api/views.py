@@ -20,6 +20,7 @@ from rest_framework.response import Response
 
 from cacheapi import errors, validation, values
 from cacheapi.api.auth import presented_key, retire_stale_connections, verify_key
+from cacheapi.api.limits import counter_namespace
 from cacheapi.api.negotiation import leads_with
 from cacheapi.api.parsers import OctetStreamParser, StrictJSONParser, read_capped
 from cacheapi.api.renderers import OctetStreamRenderer, ORJSONRenderer
@@ -367,6 +368,8 @@ class RateLimitViewSet(NodeViewSet):
         body = self.body()
         key, _, rate, cost, burst = ratelimit_call(body)
         algorithm, reset = body.get("algorithm", "fixed_window"), body.get("reset", False)
+        raw = str(request.auth) if request.auth else None
+        key = counter_namespace(request.user, raw, key, reset)
         decision = current().router.ratelimit(key, algorithm, rate, cost, burst, reset)
         return rendered(decision_to_wire(decision))
 

@@ -37,6 +37,9 @@ class CounterStore:
             held = self._entries.get(key)
             state = held[0] if held is not None and held[1] > now else None
             new_state, ttl, result = fn(state, now)
+            if not new_state:  # an empty state forgets the key (a reset)
+                self._entries.pop(key, None)
+                return result
             self._entries[key] = (new_state, now + ttl)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_keys:
@@ -46,11 +49,8 @@ class CounterStore:
 
     def check(self, key: str, check: Callable[..., Any], *args: Any) -> Any:
         """``apply`` for a rate-limit check ``check(state, now, *args)``; a check that returns
-        an empty state (``ratelimit.algorithms.reset_check``) forgets the key."""
-        result = self.apply(key, lambda state, now: check(state, now, *args))
-        if not self._entries.get(key, ((1.0,), 0.0))[0]:
-            self.delete(key)
-        return result
+        an empty state (``ratelimit.algorithms.reset_check``) forgets the key, under the lock."""
+        return self.apply(key, lambda state, now: check(state, now, *args))
 
     def delete(self, key: str) -> bool:
         with self._lock:
