@@ -27,6 +27,7 @@ from cacheapi.store.counters import CounterStore
 from nodes.membership import Membership
 from nodes.migration import Migrator, peers_on_version, registry_move
 from nodes.ring import Ring
+from ratelimit import storages as ratelimit_storages
 
 if TYPE_CHECKING:
     from cacheapi.api.streams import ClientStreams
@@ -136,6 +137,7 @@ class Node:
         only). A process that starts while the registry still lists it ``up`` (its worker
         was restarted, with an empty store) rejoins as ``joining`` to pull its keys."""
         self.membership.listeners.append(self.migrator.ring_changed)
+        ratelimit_storages.serve_in_node(lambda: current().router)  # the cluster storage's
         try:
             if registry_move(self.name, ["up"], "joining"):
                 log.warning("started with an empty store while listed up: rejoining")

@@ -203,9 +203,10 @@ class ClusterStorage:
     ) -> Decision:
         location = self.options.get("LOCATION")
         if not location:
-            from cacheapi.node import current  # inside a node: its own router
-
-            return current().router.ratelimit(key, algorithm, rate, cost, burst, reset)
+            router = in_node_router()  # inside a node: its own router
+            if router is None:
+                raise StorageError("no RATELIMIT['CLUSTER']['LOCATION'] and not inside a node")
+            return router.ratelimit(key, algorithm, rate, cost, burst, reset)  # type: ignore[no-any-return]
         client = self._client
         if client is None:
             with self._lock:
@@ -237,6 +238,20 @@ class ClusterStorage:
             self._call(key, "fixed_window", rate or Rate(1, 1.0), 0, None, reset=True)
         except Exception as exc:
             raise StorageError(f"cluster: {exc}") from exc
+
+
+# Set by a served cache node (``cacheapi.node.Node.start``): its router, for the cluster
+# storage without a LOCATION. Registered from there so that this module never imports the node.
+_node_router: Callable[[], Any] | None = None
+
+
+def serve_in_node(router: Callable[[], Any]) -> None:
+    global _node_router
+    _node_router = router
+
+
+def in_node_router() -> Any:
+    return None if _node_router is None else _node_router()
 
 
 _storages: dict[str, Storage] = {}

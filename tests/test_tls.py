@@ -170,10 +170,12 @@ def test_a_three_node_tls_cluster_from_gencerts_refuses_a_node_of_another_ca(tmp
             # refuse its TLS, so calls to it fail (503 / failed keys) and nothing is sent to it.
             intruder.start("--certfile", str(rogue / "n4.pem"), "--keyfile", str(rogue / "n4.key"))
             intruder.url = intruder.url.replace("http://", "https://")
-            wait_for(
-                lambda: "n4" in {n["name"] for n in cluster.ring(cluster.nodes[0])["nodes"]},
-                timeout=30,
-            )
+
+            def n4_up() -> bool:
+                nodes = {n["name"]: n["status"] for n in cluster.ring(cluster.nodes[0])["nodes"]}
+                return nodes.get("n4") == "up"  # serving (it pulled its keys over TLS)
+
+            wait_for(n4_up, timeout=30)
             ring = Ring.from_dict(cluster.ring(cluster.nodes[0]))
             owned = next(f"x{i}" for i in range(500) if ring.primary(f"x{i}").name == "n4")
             r = cluster.put(
