@@ -20,7 +20,10 @@ The contract is Django's own (tested side by side with ``LocMemCache`` in
 
 - **Values**: any picklable value. A plain ``int`` within 64 bits (not ``bool``) is stored as a
   JSON integer, so ``incr`` runs atomically on the node; everything else is pickled and stored
-  as a binary value. ``None`` is a value like any other.
+  as a binary value, signed (HMAC-SHA256 with a key derived from ``SECRET_KEY``, or
+  ``OPTIONS["SIGNING_KEY"]``): any API key with the ``write`` scope can write to the cluster,
+  and a value this site did not sign is never unpickled (it reads as absent, and is logged).
+  ``SIGN_VALUES: False`` turns that off. ``None`` is a value like any other.
 - **Timeouts**: ``DEFAULT_TIMEOUT`` means the cache's ``TIMEOUT``; ``None`` never expires; 0 or
   less expires at once (``set`` deletes the key, ``add`` stores nothing, ``touch`` expires it);
   any other number is seconds (fractions included). The TTL is always sent: the cluster's own
@@ -50,6 +53,7 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
+import hmac
 import logging
 import pickle
 import re
@@ -77,6 +81,21 @@ MAX_TTL = 10 * 365 * 86400  # the nodes' default MAX_TTL
 _BAD_KEY_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # as cacheapi.validation refuses
 DIGEST_PREFIX = "sha256:"
 _MISSING = object()
+REFUSED = object()  # a binary value this site did not sign: treated as absent
+SIGNED = b"CCs1"  # the head of a signed pickle, then MAC bytes of HMAC-SHA256
+MAC = 16
+
+
+def signing_key(options: Mapping[str, Any]) -> bytes | None:
+    """The key pickles are signed with: OPTIONS["SIGNING_KEY"], else derived from Django's
+    SECRET_KEY (the same in every process of the site); None with SIGN_VALUES False."""
+    if not options.get("SIGN_VALUES", True):
+        return None
+    from django.conf import settings
+
+    secret = options.get("SIGNING_KEY") or settings.SECRET_KEY
+    return hashlib.sha256(b"cacheapi.backends.ClusterCache:" + str(secret).encode()).digest()
+
 
 _clients: dict[tuple[Any, ...], CacheClient] = {}
 _clients_lock = threading.Lock()
@@ -149,6 +168,7 @@ class ClusterCache(BaseCache):
         self._ignore = bool(options.get("IGNORE_EXCEPTIONS", False))
         self._log_ignored = bool(options.get("LOG_IGNORED_EXCEPTIONS", True))
         self._pickle_protocol = int(options.get("PICKLE_VERSION", pickle.HIGHEST_PROTOCOL))
+        self._signing_key = signing_key(options)
 
     @functools.cached_property
     def client(self) -> CacheClient:
@@ -158,13 +178,25 @@ class ClusterCache(BaseCache):
     def encode(self, value: Any) -> Any:
         if type(value) is int and INT64[0] <= value <= INT64[1]:
             return value  # a JSON integer: incr works on it on the node
-        return pickle.dumps(value, self._pickle_protocol)
+        data = pickle.dumps(value, self._pickle_protocol)
+        if self._signing_key is None:
+            return data
+        return SIGNED + hmac.new(self._signing_key, data, hashlib.sha256).digest()[:MAC] + data
 
-    @staticmethod
-    def decode(stored: Any) -> Any:
-        if isinstance(stored, bytes):
-            return pickle.loads(stored)
-        return stored  # an integer (or JSON another client stored)
+    def decode(self, stored: Any) -> Any:
+        """The value, or ``REFUSED`` for bytes this site did not sign (never unpickled)."""
+        if not isinstance(stored, bytes):
+            return stored  # an integer (or JSON another client stored)
+        if self._signing_key is not None:
+            head = len(SIGNED) + MAC
+            mac = hmac.new(self._signing_key, stored[head:], hashlib.sha256).digest()[:MAC]
+            if not stored.startswith(SIGNED) or not hmac.compare_digest(
+                stored[len(SIGNED) : head], mac
+            ):
+                log.warning("a cached value without this site's signature was ignored")
+                return REFUSED
+            stored = stored[head:]
+        return pickle.loads(stored)
 
     def _key(self, key: Any, version: int | None) -> str:
         return cluster_key(self.make_and_validate_key(key, version=version))
@@ -201,7 +233,8 @@ class ClusterCache(BaseCache):
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
         made = self._key(key, version)
         found = self._guard(lambda: self.client.get(made, _MISSING), _MISSING)
-        return default if found is _MISSING else self.decode(found)
+        value = REFUSED if found is _MISSING else self.decode(found)
+        return default if value is REFUSED else value
 
     def set(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
@@ -280,7 +313,10 @@ class ClusterCache(BaseCache):
         if found is None:
             raise ValueError(f"Key '{key}' not found")
         stored, ttl = found
-        value = self.decode(stored) + delta
+        current = self.decode(stored)
+        if current is REFUSED:
+            raise ValueError(f"Key '{key}' not found")
+        value = current + delta
         self.client.set(made, self.encode(value), ttl=ttl if ttl is None or ttl > 0 else 0.001)
         return value
 
@@ -299,7 +335,8 @@ class ClusterCache(BaseCache):
                 return exc.found
 
         found = get_many()
-        return {made[k]: self.decode(v) for k, v in found.items()}
+        decoded = {made[k]: self.decode(v) for k, v in found.items()}
+        return {k: v for k, v in decoded.items() if v is not REFUSED}
 
     def set_many(
         self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None

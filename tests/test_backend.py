@@ -328,6 +328,29 @@ class TestClusterOnly:
         assert failed == ["huge"]
         assert cache.get_many(["small", "huge", "also"]) == {"small": 1, "also": 2}
 
+    def test_values_it_did_not_sign_are_never_unpickled(
+        self, cluster: Cluster, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        import pickle
+
+        class Boom:
+            def __reduce__(self) -> Any:
+                return (pytest.fail, ("unpickled a value nobody signed",))
+
+        cache = cluster_cache(cluster, KEY_PREFIX="signed")
+        planted = cluster_key(cache.make_key("k"))
+        cache.client.set(planted, pickle.dumps(Boom()))  # another API key with write scope
+        with caplog.at_level(logging.WARNING, logger="cacheapi.backends"):
+            assert cache.get("k", "absent") == "absent"
+            assert cache.get_many(["k"]) == {}
+        assert "signature" in caplog.text
+        cache.set("mine", {"a": 1})
+        other = cluster_cache(cluster, KEY_PREFIX="signed", OPTIONS={"SIGNING_KEY": "another"})
+        assert other.get("mine", "absent") == "absent"  # another site's key: not ours
+        plain = cluster_cache(cluster, KEY_PREFIX="plain", OPTIONS={"SIGN_VALUES": False})
+        plain.set("p", [1, 2])
+        assert plain.get("p") == [1, 2]
+
     def test_ints_are_json_integers_on_the_nodes(self, cluster: Cluster) -> None:
         cache = cluster_cache(cluster, KEY_PREFIX="ints")
         cache.set("n", 41)
