@@ -128,7 +128,9 @@ class CacheClient:
             timeout=urllib3.Timeout(total=timeout),
         )
         # Streams: one pool of upgraded connections per node, shared by threads.
-        self._frames = Transport(timeout=timeout, ca_certs=ca_certs) if streams else None
+        self._frames = (
+            Transport(timeout=timeout, ca_certs=ca_certs, keep_http=False) if streams else None
+        )
         self._upgrade = (STREAM_PATH, {"X-API-Key": api_key}, STREAM_PROTOCOL)
         self._ring: Ring | None = None
         self._ring_lock = threading.Lock()

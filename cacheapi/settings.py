@@ -66,7 +66,8 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     ),
     "STREAM_IDLE_SECONDS": (
         60.0,
-        "Seconds a client stream may stay idle before the node closes it.",
+        "Seconds a client stream may stay idle before the node closes it (keep it above 45: "
+        "clients retire idle streams after 45 s).",
     ),
     "DRAIN_TIMEOUT": (
         30.0,

@@ -289,6 +289,9 @@ def test_a_gthread_node_answers_501_and_the_client_uses_http(tmp_path: Path) -> 
             client.set("k", b"\x01")
             assert client.get("k") == b"\x01"
             assert client.get_many(["k", "zz"]) == {"k": b"\x01"}
+            # The refused upgrade's connection is closed, not parked where nothing uses it.
+            assert client._frames is not None
+            assert client._frames.pool(proc.url)._idle == []
         finally:
             client.close()
         ops = requests.get(

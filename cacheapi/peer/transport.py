@@ -114,7 +114,13 @@ class Pool:
     """Keep-alive connections to one peer (scheme://host:port)."""
 
     def __init__(
-        self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None, max_idle: int = 32
+        self,
+        url: str,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None,
+        max_idle: int = 32,
+        keep_http: bool = True,
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
@@ -128,6 +134,9 @@ class Pool:
         self._streams_refused_until = 0.0
         self._opening_stream = False
         self._lock = threading.Lock()
+        # Whether a connection left over from a refused upgrade is kept for HTTP calls (peers
+        # make them here; a CacheClient makes its HTTP calls elsewhere and would only leak it).
+        self._keep_http = keep_http
         self._max_idle = max_idle
 
     def _connect(self) -> _Connection:
@@ -271,7 +280,7 @@ class Pool:
         if response.status == 101:
             conn.sock.settimeout(self.timeout)
             return conn
-        if keep and response.status >= 200:  # a full answer was read: clean for HTTP
+        if keep and response.status >= 200 and self._keep_http:  # clean for HTTP: reuse it
             self._checkin(conn)
         else:
             conn.close()
@@ -428,8 +437,11 @@ def _read_chunked(reader: object) -> bytes:
 class Transport:
     """One pool per peer URL."""
 
-    def __init__(self, *, timeout: float, ca_certs: str | None = None) -> None:
+    def __init__(
+        self, *, timeout: float, ca_certs: str | None = None, keep_http: bool = True
+    ) -> None:
         self.timeout = timeout
+        self._keep_http = keep_http
         self._ssl = ssl.create_default_context(cafile=ca_certs) if ca_certs else None
         self._pools: dict[str, Pool] = {}
         self._lock = threading.Lock()
@@ -440,7 +452,12 @@ class Transport:
             with self._lock:
                 pool = self._pools.get(base_url)
                 if pool is None:
-                    pool = Pool(base_url, timeout=self.timeout, ssl_context=self._ssl)
+                    pool = Pool(
+                        base_url,
+                        timeout=self.timeout,
+                        ssl_context=self._ssl,
+                        keep_http=self._keep_http,
+                    )
                     self._pools[base_url] = pool
         return pool
 
