@@ -57,7 +57,7 @@ ALIVE = frozenset({"up", "joining", "draining"})  # statuses of nodes that still
 PUSH_BATCH = 500  # entries per sync call, at most
 PUSH_BYTES = 4 * 2**20  # bytes of values per sync call, at most (one bigger value goes alone)
 RECHECK_SECONDS = 2.5  # a pass runs once more this long after it ran (coordinators lag ~1 s)
-RECHECK_SKEW_MS = 5000  # and looks at keys written since it began, less this (clock skew)
+RECHECK_SKEW_MS = 5_000_000  # and looks at keys written since it began, less this (5 s, in us)
 SCAN_CHUNK = 1000  # store entries looked at between yields
 PULL_SLOTS = 5000  # store slots one scan call walks on the peer
 RETRY_SECONDS = 0.5  # between tries of an unfinished pass or pull
@@ -175,7 +175,7 @@ class Migrator:
             if settled is None:
                 self.settled, settled = ring, ring
             if placement(settled) != placement(ring) or self._unfinished:
-                started_ms = int(time.time() * 1000)
+                started_ms = int(time.time() * 1_000_000)  # in versions' unit (microseconds)
                 if not self._pass(settled, ring):
                     return False
                 if placement(settled) != placement(ring):

@@ -25,7 +25,7 @@ from cacheapi.store.versions import HybridClock, Version, format_version, parse_
 from tests.clocks import FakeClock
 
 WALL_START = 1_732_540_000.0  # seconds; the HLC's wall clock in these tests
-WALL_MS = int(WALL_START * 1000)
+WALL_MS = int(WALL_START * 1_000_000)  # versions count microseconds
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ class TestVersionText:
 
 
 class TestHybridClock:
-    def test_versions_increase_within_one_millisecond(self, wall: FakeClock) -> None:
+    def test_versions_increase_within_one_microsecond(self, wall: FakeClock) -> None:
         hlc = HybridClock("n1", wall=wall)
         assert [hlc.now() for _ in range(3)] == [
             (WALL_MS, 0, "n1"),
@@ -147,7 +147,7 @@ class TestHybridClock:
             (WALL_MS, 2, "n1"),
         ]
         wall.advance(0.005)
-        assert hlc.now() == (WALL_MS + 5, 0, "n1")
+        assert hlc.now() == (WALL_MS + 5000, 0, "n1")
 
     def test_monotonic_when_the_wall_clock_goes_backwards(self, wall: FakeClock) -> None:
         hlc = HybridClock("n1", wall=wall)
@@ -157,13 +157,13 @@ class TestHybridClock:
         assert later == [(WALL_MS, 1, "n1"), (WALL_MS, 2, "n1"), (WALL_MS, 3, "n1")]
         assert first < later[0]
         wall.advance(3600 + 0.001)  # the wall clock catches up: counter restarts
-        assert hlc.now() == (WALL_MS + 1, 0, "n1")
+        assert hlc.now() == (WALL_MS + 1000, 0, "n1")
 
     def test_observe_pushes_the_clock_ahead(self, wall: FakeClock) -> None:
         hlc = HybridClock("n1", wall=wall)
-        remote = (WALL_MS + 10_000, 5, "n2")  # a peer whose clock runs 10 s ahead
+        remote = (WALL_MS + 10_000_000, 5, "n2")  # a peer whose clock runs 10 s ahead
         hlc.observe(remote)
-        assert hlc.now() == (WALL_MS + 10_000, 6, "n1")
+        assert hlc.now() == (WALL_MS + 10_000_000, 6, "n1")
         assert hlc.now() > remote
 
     def test_observe_breaks_ties_without_the_node_name(self, wall: FakeClock) -> None:

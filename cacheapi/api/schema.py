@@ -81,7 +81,7 @@ class SeedSetSerializer(serializers.Serializer):
 class KeyWrittenSerializer(serializers.Serializer):
     key = serializers.CharField()
     version = serializers.CharField(
-        help_text="Write version `ms-counter-node`; also sent, quoted, as `ETag`."
+        help_text="Write version `microseconds-counter-node`; also sent, quoted, as `ETag`."
     )
     copies = serializers.IntegerField(
         help_text="How many owners hold the write (at most `REPLICAS`; also `X-Copies`). "
@@ -151,7 +151,7 @@ class BatchDeleteResultSerializer(serializers.Serializer):
 
 
 class SyncItemSerializer(SeedSetSerializer):
-    version = serializers.CharField(help_text="The write's version, `ms-counter-node`.")
+    version = serializers.CharField(help_text="The write's version, `microseconds-counter-node`.")
 
 
 class SyncSerializer(serializers.Serializer):
@@ -315,7 +315,7 @@ def response_header(name: str, description: str, *statuses: int) -> OpenApiParam
     )
 
 
-ETAG = response_header("ETag", 'The write version, quoted: `"ms-counter-node"`.', 200)
+ETAG = response_header("ETag", 'The write version, quoted: `"microseconds-counter-node"`.', 200)
 X_TTL = response_header("X-TTL", "Remaining seconds (3 decimals), or `none`.", 200)
 X_VALUE_TYPE = response_header("X-Value-Type", "`json` or `binary`.", 200)
 RETRY_AFTER = response_header("Retry-After", "Seconds to wait before retrying.", 429)

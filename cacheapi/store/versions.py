@@ -6,6 +6,11 @@ step backwards, and two writes in the same millisecond would tie. An HLC keeps t
 (so versions stay meaningful to humans and roughly ordered across nodes) and adds a counter
 that breaks ties and carries causality when the wall clock stalls or goes back; the node name
 makes versions from different nodes distinct. Plain tuple comparison gives the order.
+
+The wall time is in microseconds: two writes to one key made one after the other through two
+different coordinators (a client's batch and its next single-key call, say) are ordered by
+their wall times whenever the coordinators' clocks agree to better than a round trip; with
+milliseconds, both could fall in one millisecond and the earlier one win on its counter.
 """
 
 import re
@@ -13,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-# (wall milliseconds, counter, node name). Tuple comparison is the causal / LWW order.
+# (wall microseconds, counter, node name). Tuple comparison is the causal / LWW order.
 Version = tuple[int, int, str]
 
 # Node names appear in headers and URLs: printable ASCII, no spaces.
@@ -21,8 +26,8 @@ _NODE_RE = re.compile(r"[!-~]+")
 # Canonical decimals: no sign, no leading zeros, at most 19 digits (absurd values are refused).
 _NUMBER = r"(0|[1-9][0-9]{0,18})"
 _VERSION_RE = re.compile(rf"{_NUMBER}-{_NUMBER}-([!-~]+)")
-# What a stored record can hold (``records.HEADER``): a signed 64-bit ms, an unsigned 32-bit
-# counter. The counter never gets near it from this clock: it rolls over into the next ms.
+# What a stored record can hold (``records.HEADER``): a signed 64-bit time, an unsigned 32-bit
+# counter. The counter never gets near it from this clock: it rolls over into the next tick.
 MAX_MS = 2**63 - 1
 MAX_COUNTER = 2**32 - 1
 
@@ -51,7 +56,7 @@ class HybridClock:
 
     def now(self) -> Version:
         """A version greater than every one this clock has returned or observed."""
-        wall_ms = int(self._wall() * 1000)
+        wall_ms = round(self._wall() * 1_000_000)  # microseconds (the name stays "ms")
         with self._lock:
             if wall_ms > self._ms:
                 self._ms, self._counter = wall_ms, 0
@@ -79,7 +84,8 @@ class HybridClock:
 
 
 def format_version(version: Version) -> str:
-    """``"ms-counter-node"``, the form versions take in headers and replication bodies."""
+    """``"time-counter-node"`` (time in microseconds), the form versions take in headers and
+    replication bodies."""
     ms, counter, node = version
     return f"{ms}-{counter}-{node}"
 
@@ -92,7 +98,7 @@ def parse_version(text: str) -> Version:
     """
     match = _VERSION_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"Invalid version {text!r}: expected 'milliseconds-counter-node'.")
+        raise ValueError(f"Invalid version {text!r}: expected 'microseconds-counter-node'.")
     version = (int(match[1]), int(match[2]), match[3])
     check_range(version)
     return version
@@ -103,6 +109,6 @@ def check_range(version: Version) -> None:
     ms, counter, _node = version
     if not (0 <= ms <= MAX_MS and 0 <= counter <= MAX_COUNTER):
         raise ValueError(
-            f"Version {version!r} is out of range: milliseconds up to {MAX_MS}, "
+            f"Version {version!r} is out of range: microseconds up to {MAX_MS}, "
             f"counter up to {MAX_COUNTER}."
         )
