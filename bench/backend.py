@@ -35,8 +35,8 @@ from typing import Any
 
 import psutil
 from redis_cluster import private_redis
-from report import fmt, loadavg, machine_table, save_figure, shown, write_text
-from servers import Node, Registry, cleanup_on_exit, free_port
+from report import fmt, machine_table, publish, save_figure, shown
+from servers import Node, Registry, free_port, run_measured
 
 SIZE = 3
 THREADS = (1, 8)
@@ -263,19 +263,13 @@ def plot(rows: list[Row], path: Path) -> None:
 
 
 def main(args: argparse.Namespace, command: str) -> int:
-    started = dt.datetime.now(dt.UTC)
-    before = loadavg()
-    try:
-        with cleanup_on_exit():
-            rows = run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every server was stopped; no results written", file=sys.stderr)
+    measured = run_measured(lambda: run(args), "server")
+    if measured is None:
         return 130
-    after = loadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    md, png = args.out / "backend.md", args.out / "backend.png"
-    plot(rows, png)
-    text = report(rows, command, started, (before, after), png)
-    write_text(md, text)
-    print(text)
-    return 0
+    rows, started, loads = measured
+    return publish(
+        args.out,
+        "backend",
+        lambda png: plot(rows, png),
+        lambda png: report(rows, command, started, loads, png),
+    )

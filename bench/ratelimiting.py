@@ -36,8 +36,8 @@ from pathlib import Path
 
 from load import HttpTarget, LoadResult, http_request, run_load
 from redis_cluster import private_redis
-from report import fmt, loadavg, machine_table, save_figure, shown, write_text
-from servers import Node, Registry, cleanup_on_exit, free_port
+from report import fmt, machine_table, publish, save_figure, shown
+from servers import Node, Registry, free_port, run_measured
 
 SIZE = 3
 TARGET = 0.10  # local storage: CPU per request at most 10% above the plain view's
@@ -220,19 +220,13 @@ def plot(rows: list[Row], path: Path) -> None:
 
 
 def main(args: argparse.Namespace, command: str) -> int:
-    started = dt.datetime.now(dt.UTC)
-    before = loadavg()
-    try:
-        with cleanup_on_exit():
-            rows, checks = run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every server was stopped; no results written", file=sys.stderr)
+    measured = run_measured(lambda: run(args), "server")
+    if measured is None:
         return 130
-    after = loadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    md, png = args.out / "ratelimit.md", args.out / "ratelimit.png"
-    plot(rows, png)
-    text = report(rows, checks, command, started, (before, after), png)
-    write_text(md, text)
-    print(text)
-    return 0
+    (rows, checks), started, loads = measured
+    return publish(
+        args.out,
+        "ratelimit",
+        lambda png: plot(rows, png),
+        lambda png: report(rows, checks, command, started, loads, png),
+    )

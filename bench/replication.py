@@ -25,8 +25,8 @@ from pathlib import Path
 
 import orjson
 from load import HttpTarget, LoadResult, http_request, run_load
-from report import fmt, loadavg, machine_table, save_figure, shown, write_text
-from servers import Node, Registry, batch_set, cleanup_on_exit
+from report import fmt, machine_table, publish, save_figure, shown
+from servers import Node, Registry, batch_set, run_measured
 
 TARGET = 0.7  # REPLICAS=2 SET throughput / REPLICAS=1, at least
 SIZE = 3
@@ -219,19 +219,13 @@ def plot(rows: list[Row], path: Path) -> None:
 
 
 def main(args: argparse.Namespace, command: str) -> int:
-    started = dt.datetime.now(dt.UTC)
-    before = loadavg()
-    try:
-        with cleanup_on_exit():
-            rows, copies = run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every node was stopped; no results written", file=sys.stderr)
+    measured = run_measured(lambda: run(args), "node")
+    if measured is None:
         return 130
-    after = loadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    md, png = args.out / "replication.md", args.out / "replication.png"
-    plot(rows, png)
-    text = report(rows, copies, command, started, (before, after), png)
-    write_text(md, text)
-    print(text)
-    return 0
+    (rows, copies), started, loads = measured
+    return publish(
+        args.out,
+        "replication",
+        lambda png: plot(rows, png),
+        lambda png: report(rows, copies, command, started, loads, png),
+    )

@@ -12,7 +12,7 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -100,3 +100,14 @@ def save_figure(fig: Any, path: Path) -> None:
     fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     tmp.replace(path)
+
+
+def publish(out: Path, name: str, plot: Callable[[Path], None], text: Callable[[Path], str]) -> int:
+    """Draw ``out/name.png``, write ``out/name.md`` (which shows it) and print the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{name}.png"
+    plot(png)
+    body = text(png)
+    write_text(out / f"{name}.md", body)
+    print(body)
+    return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime as dt
 import os
 import random
 import shutil
@@ -25,13 +26,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import psutil
 import requests
-from report import ROOT
+from report import ROOT, loadavg
+
+T = TypeVar("T")
 
 PYTHON = sys.executable
 GUNICORN_CONF = ROOT / "cache_project" / "gunicorn_conf.py"  # the nodes' (and the bare app's)
@@ -320,6 +323,20 @@ def cleanup_on_exit() -> Iterator[None]:
             signal.signal(signal.SIGINT, old_int)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def run_measured(run: Callable[[], T], what: str) -> tuple[T, dt.datetime, tuple[str, str]] | None:
+    """``run()`` with every server it starts stopped on the way out, and when it started and
+    the load average before and after; None (after saying so) if it was interrupted."""
+    started = dt.datetime.now(dt.UTC)
+    before = loadavg()
+    try:
+        with cleanup_on_exit():
+            result = run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every {what} was stopped; no results written", file=sys.stderr)
+        return None
+    return result, started, (before, loadavg())
 
 
 atexit.register(stop_all)

@@ -141,6 +141,12 @@ class BadGateway(CacheError):
     code = "bad_gateway"
 
 
+class RateLimited(CacheError):
+    """A rate limit refused the call (the API's own, ``API_RATE_LIMIT``)."""
+
+    code = "rate_limited"
+
+
 class UnknownOperation(CacheError):
     code = "unknown_operation"
 

@@ -39,7 +39,6 @@ Operations (JSON part -> answer):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -51,7 +50,7 @@ from cacheapi import errors, validation, values
 from cacheapi.api.auth import Principal, presented_key, verify_key
 from cacheapi.api.limits import counter_namespace, stream_over_limit
 from cacheapi.peer import frames
-from cacheapi.peer.server import STREAM_FRAME_SECONDS, _end_stream, ratelimit_call
+from cacheapi.peer.server import _end_stream, ratelimit_call, read_frame_body
 from cacheapi.peer.wire import RING_HEADER, hit_headers
 from cacheapi.store import StoreError, Version, format_version, parse_version
 from ratelimit import algorithms
@@ -202,7 +201,7 @@ class ClientStreams:
                     too_large = errors.RequestTooLarge(f"frame of {length} bytes; limit {limit}")
                     self._send(sock, _error(too_large))
                     continue
-                frame = _read_exactly(reader, sock, length, idle)
+                frame = read_frame_body(reader, sock, length, idle)
                 if frame is None:
                     return
                 answer, keep = self._call(raw_key, frame)
@@ -219,7 +218,7 @@ class ClientStreams:
                 reader.close()
             _end_stream(sock)
 
-    def _call(self, raw_key: str, frame: bytes) -> tuple[Answer, bool]:
+    def _call(self, raw_key: str, frame: bytes | bytearray) -> tuple[Answer, bool]:
         """One frame's answer, and whether the stream goes on."""
         started = time.perf_counter()
         op = "?"
@@ -342,9 +341,7 @@ class ClientStreams:
 
 def _limited(result: Any) -> Answer:
     """A frame's 429: the error envelope, with Retry-After and the RateLimit headers."""
-    exc = errors.CacheError(f"rate limit {result.limit.rate} exceeded")
-    exc.code = "rate_limited"
-    status, headers, body = _error(exc)
+    status, headers, body = _error(errors.RateLimited(f"rate limit {result.limit.rate} exceeded"))
     return status, [*headers, *((k.lower(), v) for k, v in result.headers.items())], body
 
 
@@ -355,39 +352,10 @@ def values_version(text: Any) -> Version:
     return parse_version(text.strip('"'))
 
 
-def _read_exactly(reader: Any, sock: Any, length: int, idle: float) -> bytes | None:
-    """``length`` bytes of a frame, within ``STREAM_FRAME_SECONDS`` once it began; None if the
-    client went away."""
-    deadline = time.monotonic() + STREAM_FRAME_SECONDS
-    frame = bytearray()
-    while len(frame) < length:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("a frame took too long to arrive")
-        sock.settimeout(remaining)
-        chunk = reader.read1(min(length - len(frame), 1 << 20))
-        if not chunk:
-            return None
-        frame += chunk
-    sock.settimeout(idle)
-    return bytes(frame)
-
-
 def _skip(reader: Any, sock: Any, length: int, idle: float) -> bool:
     """Read past a frame too large to serve (without keeping it); False if the client went
     away or took too long."""
-    deadline = time.monotonic() + STREAM_FRAME_SECONDS
-    left = length
-    with contextlib.suppress(OSError):
-        while left:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            sock.settimeout(remaining)
-            chunk = reader.read1(min(left, 1 << 20))
-            if not chunk:
-                return False
-            left -= len(chunk)
-        sock.settimeout(idle)
-        return True
-    return False
+    try:
+        return read_frame_body(reader, sock, length, idle, keep=False) is not None
+    except OSError:
+        return False

@@ -167,21 +167,28 @@ def _version(body: Mapping[str, Any]) -> Version | None:
     return None if text is None else decode_version(text)
 
 
-def _read_frame_body(reader: Any, sock: Any, length: int) -> bytearray | None:
+def read_frame_body(
+    reader: Any, sock: Any, length: int, idle: float = STREAM_IDLE_SECONDS, *, keep: bool = True
+) -> bytearray | None:
     """``length`` bytes of a frame, read as they arrive (a claimed length costs no memory
-    before its bytes come) within ``STREAM_FRAME_SECONDS``; None if the peer went away."""
+    before its bytes come) within ``STREAM_FRAME_SECONDS``, then the socket back on its
+    ``idle`` timeout; None if the other side went away. With ``keep=False`` the bytes are
+    read past and dropped (a frame too large to serve) and the answer is empty."""
     deadline = time.monotonic() + STREAM_FRAME_SECONDS
     frame = bytearray()
-    while len(frame) < length:
+    left = length
+    while left:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("a frame took too long to arrive")
         sock.settimeout(remaining)
-        chunk = reader.read1(min(length - len(frame), 1 << 20))
+        chunk = reader.read1(min(left, 1 << 20))
         if not chunk:
             return None
-        frame += chunk
-    sock.settimeout(STREAM_IDLE_SECONDS)
+        left -= len(chunk)
+        if keep:
+            frame += chunk
+    sock.settimeout(idle)
     return frame
 
 
@@ -379,7 +386,7 @@ class InternalApp:
                     too_large = errors.RequestTooLarge(f"frame of {length} bytes; limit {limit}")
                     self._send_answer(sock, self._finish(self._error(too_large)))
                     return
-                frame = _read_frame_body(reader, sock, length)
+                frame = read_frame_body(reader, sock, length)
                 if frame is None:
                     return
                 op, raw = frames.decode_request(frame)
