@@ -76,7 +76,7 @@ def _configure_django() -> None:
     from django.conf import settings
 
     if not settings.configured:
-        settings.configure(USE_TZ=True, CACHES={})
+        settings.configure(USE_TZ=True, CACHES={}, SECRET_KEY="bench: signs the pickles")
         import django
 
         django.setup()
