@@ -50,6 +50,13 @@ def _value(**kwargs: Any) -> serializers.JSONField:
     )
 
 
+def _copies() -> serializers.IntegerField:
+    return serializers.IntegerField(
+        help_text="How many owners hold the write (at most `REPLICAS`; also `X-Copies`). "
+        "A write no owner took is a 503, never a success."
+    )
+
+
 def _ttl(help_text: str, **kwargs: Any) -> serializers.FloatField:
     return serializers.FloatField(allow_null=True, help_text=help_text, **kwargs)
 
@@ -83,10 +90,7 @@ class KeyWrittenSerializer(serializers.Serializer):
     version = serializers.CharField(
         help_text="Write version `microseconds-counter-node`; also sent, quoted, as `ETag`."
     )
-    copies = serializers.IntegerField(
-        help_text="How many owners hold the write (at most `REPLICAS`; also `X-Copies`). "
-        "A write no owner took is a 503, never a success."
-    )
+    copies = _copies()
 
 
 class TouchSerializer(serializers.Serializer):
@@ -96,10 +100,7 @@ class TouchSerializer(serializers.Serializer):
 class TouchedSerializer(serializers.Serializer):
     key = serializers.CharField()
     ttl = _ttl("The TTL now set, or `null`.")
-    copies = serializers.IntegerField(
-        help_text="How many owners hold the write (at most `REPLICAS`; also `X-Copies`). "
-        "A write no owner took is a 503, never a success."
-    )
+    copies = _copies()
 
 
 class IncrSerializer(serializers.Serializer):
@@ -111,10 +112,7 @@ class IncrSerializer(serializers.Serializer):
 class IncrementedSerializer(serializers.Serializer):
     key = serializers.CharField()
     value = serializers.IntegerField(help_text="The value after the increment.")
-    copies = serializers.IntegerField(
-        help_text="How many owners hold the write (at most `REPLICAS`; also `X-Copies`). "
-        "A write no owner took is a 503, never a success."
-    )
+    copies = _copies()
 
 
 class KeyListSerializer(serializers.Serializer):
