@@ -1,18 +1,21 @@
 """``bench/run.py --only backend``: the Django cache backend against Django's ``RedisCache``.
 
-Three Django cache backends, driven the way a Django site drives its cache (method calls from
+Four Django cache backends, driven the way a Django site drives its cache (method calls from
 threads of one process), side by side in one run:
 
 - ``ClusterCache`` on a 3-node cluster (``REPLICAS=2``), calls as frames on client streams;
 - the same ``ClusterCache`` with ``OPTIONS["STREAMS"] = False`` (one HTTP request per call);
-- Django's ``RedisCache`` (redis-py) on a private ``redis-server`` (no persistence).
+- Django's ``RedisCache`` (redis-py) on a private ``redis-server`` (no persistence);
+- for reference, not a target: the same ``RedisCache`` on a second private redis-server with a
+  replica, every write sent with ``WAIT 1`` in its own round trip, so that like the cluster
+  (two copies, a write answered once both hold it) it acknowledges only copied writes.
 
 Operations: ``get``, ``set``, ``get_many`` of 100 keys, ``set_many`` of 100 keys, ``incr``;
 each from 1 and from 8 client threads for ``--duration`` seconds (after ``--warmup``). Reported:
 ops/s, p50 and p99 latency, and server CPU per operation (the nodes' processes, or
 redis-server). Targets (issue 15): get and set p50 within 2x RedisCache's; get_many(100)
 keys/s at least 0.5x RedisCache's; server CPU per get over a stream at most 0.25x an HTTP
-get's.
+get's. The report adds the set and incr p50s against the replicated Redis, as reference lines.
 
 Writes ``bench/results/backend.md`` and ``backend.png``.
 
@@ -42,7 +45,8 @@ SIZE = 3
 THREADS = (1, 8)
 BATCH = 100
 OPS = ("get", "set", "get_many", "set_many", "incr")
-SYSTEMS = ("cluster (streams)", "cluster (HTTP)", "RedisCache")
+SYSTEMS = ("cluster (streams)", "cluster (HTTP)", "RedisCache", "RedisCache, replica, WAIT 1")
+WAIT_MS = 1000  # how long a write waits for the Redis replica's acknowledgement, at most
 P50_TARGET = 2.0  # cluster get/set p50 / RedisCache's, at most
 MANY_TARGET = 0.5  # cluster get_many keys/s / RedisCache's, at least
 CPU_TARGET = 0.25  # server CPU per stream get / per HTTP get, at most
@@ -128,9 +132,62 @@ def _pct(values: list[float], q: float) -> float:
     return 1000 * values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
+def _waiting_redis_cache(location: str) -> Any:
+    """Django's RedisCache whose writes are acknowledged by one replica, as the cluster's are
+    by its second owner: each write and a ``WAIT 1`` go out in one pipeline (one round trip),
+    so Redis pays what a synchronous copy costs it and nothing more (reference, not a target)."""
+    from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+
+    class WaitingClient(RedisCacheClient):  # type: ignore[misc]
+        def _waited(self, key: Any, write: Callable[[Any], Any]) -> Any:
+            pipe = self.get_client(key, write=True).pipeline(transaction=False)
+            write(pipe)
+            pipe.execute_command("WAIT", 1, WAIT_MS)
+            *results, copies = pipe.execute()
+            if copies < 1:
+                raise RuntimeError("the Redis replica did not acknowledge a write")
+            return results[0]
+
+        def set(self, key: Any, value: Any, timeout: Any) -> None:
+            data = self._serializer.dumps(value)
+            self._waited(
+                key, lambda p: p.delete(key) if timeout == 0 else p.set(key, data, ex=timeout)
+            )
+
+        def incr(self, key: Any, delta: int) -> Any:
+            if not self.get_client(key, write=True).exists(key):
+                raise ValueError(f"Key '{key}' not found.")
+            return self._waited(key, lambda p: p.incr(key, delta))
+
+        def set_many(self, data: dict[Any, Any], timeout: Any) -> None:
+            def write(p: Any) -> None:
+                p.mset({k: self._serializer.dumps(v) for k, v in data.items()})
+                if timeout is not None:
+                    for key in data:
+                        p.expire(key, timeout)
+
+            self._waited(None, write)
+
+    cache = RedisCache(location, {})
+    cache._class = WaitingClient
+    return cache
+
+
+def _wait_replica_linked(port: int) -> None:
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 30
+    while client.info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Redis replica did not link to its primary")
+        time.sleep(0.05)
+    client.close()
+
+
 @contextlib.contextmanager
 def systems() -> Iterator[dict[str, tuple[Any, Callable[[], float]]]]:
-    """The three caches, each with a function giving its servers' CPU seconds so far."""
+    """The caches, each with a function giving its servers' CPU seconds so far."""
     _configure_django()
     from django.core.cache.backends.redis import RedisCache
 
@@ -146,6 +203,14 @@ def systems() -> Iterator[dict[str, tuple[Any, Callable[[], float]]]]:
         with private_redis() as start_redis:
             port = free_port()
             redis_proc = psutil.Process(start_redis(port).pid)
+            primary, replica = free_port(), free_port()
+            waited = [psutil.Process(start_redis(primary).pid)]
+            waited.append(
+                psutil.Process(
+                    start_redis(replica, False, "--replicaof", "127.0.0.1", str(primary)).pid
+                )
+            )
+            _wait_replica_linked(replica)
             urls = [n.url for n in nodes]
 
             def nodes_cpu() -> float:
@@ -155,12 +220,16 @@ def systems() -> Iterator[dict[str, tuple[Any, Callable[[], float]]]]:
                 t = redis_proc.cpu_times()
                 return t.user + t.system
 
+            def waited_cpu() -> float:
+                return sum(t.user + t.system for t in (p.cpu_times() for p in waited))
+
             options = {"API_KEY": registry.api_key}
             http_options = {**options, "STREAMS": False}
             yield {
                 SYSTEMS[0]: (ClusterCache(urls, {"OPTIONS": options}), nodes_cpu),
                 SYSTEMS[1]: (ClusterCache(urls, {"OPTIONS": http_options}), nodes_cpu),
                 SYSTEMS[2]: (RedisCache(f"redis://127.0.0.1:{port}/0", {}), redis_cpu),
+                SYSTEMS[3]: (_waiting_redis_cache(f"redis://127.0.0.1:{primary}/0"), waited_cpu),
             }
     finally:
         for node in nodes:
@@ -208,6 +277,13 @@ def targets(rows: list[Row]) -> list[tuple[str, float | None, str, bool]]:
         met = value is not None and value >= MANY_TARGET
         name = f"get_many(100) keys/s / RedisCache, {threads} thread(s)"
         out.append((name, value, f">= {MANY_TARGET}", met))
+    for op in ("set", "incr"):
+        for threads in THREADS:
+            ours, redis = find(rows, SYSTEMS[0], op, threads), find(rows, SYSTEMS[3], op, threads)
+            value = ours.p50_ms / redis.p50_ms if ours and redis and redis.p50_ms else None
+            met = value is not None and value <= P50_TARGET
+            name = f"reference: {op} p50 / {SYSTEMS[3]}, {threads} thread(s)"
+            out.append((name, value, "<= 2", met))
     stream, http = find(rows, SYSTEMS[0], "get", 8), find(rows, SYSTEMS[1], "get", 8)
     value = stream.cpu_us / http.cpu_us if stream and http and http.cpu_us else None
     met = value is not None and value <= CPU_TARGET
@@ -221,9 +297,10 @@ def report(
     lines = [
         "# Django cache backend: ClusterCache against RedisCache",
         "",
-        f"Command: `{command}`. A {SIZE}-node cluster (REPLICAS=2) and a private redis-server, "
-        "driven through Django cache backends from threads of one process "
-        "(`bench/backend.py`).",
+        f"Command: `{command}`. A {SIZE}-node cluster (REPLICAS=2), a private redis-server, and "
+        "for reference a private redis-server with a replica whose writes wait for it "
+        f"(`WAIT 1` in the write's pipeline: `{SYSTEMS[3]}`), driven through Django cache "
+        "backends from threads of one process (`bench/backend.py`).",
         "",
         *machine_table(started, load[0], load[1]),
         "",
@@ -249,13 +326,13 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.27
+    width = 0.2
     for ax, threads in zip(axes, THREADS, strict=True):
         for i, system in enumerate(SYSTEMS):
             found = [find(rows, system, op, threads) for op in OPS]
             values = [r.p50_ms if r is not None else 0.0 for r in found]
             ax.bar([x + i * width for x in range(len(OPS))], values, width, label=system)
-        ax.set_xticks([x + width for x in range(len(OPS))], OPS)
+        ax.set_xticks([x + 1.5 * width for x in range(len(OPS))], OPS)
         ax.set_ylabel("p50 latency, ms")
         ax.set_title(f"{threads} client thread(s)")
         ax.legend()

@@ -55,17 +55,18 @@ def _cpu(procs: Sequence[subprocess.Popen[bytes]]) -> float:
 
 @contextlib.contextmanager
 def private_redis() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Yields ``start(port, cluster=False)``, which starts a private ``redis-server`` on the
-    loopback port (no persistence, its files in a temp directory) and returns once it answers
-    PING; every server started is stopped, and the directory removed, on the way out."""
+    """Yields ``start(port, cluster=False, *extra)``, which starts a private ``redis-server``
+    on the loopback port (no persistence, its files in a temp directory, ``extra`` arguments
+    after the rest) and returns once it answers PING; every server started is stopped, and the
+    directory removed, on the way out."""
     import redis
 
     workdir = tempfile.mkdtemp(prefix="cache-bench-redis-")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(port: int, cluster: bool = False) -> subprocess.Popen[bytes]:
+    def start(port: int, cluster: bool = False, *extra: str) -> subprocess.Popen[bytes]:
         argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", workdir]
+        argv += ["--appendonly", "no", "--dir", workdir, *extra]
         if cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
         log = Path(workdir) / f"redis-{port}.log"

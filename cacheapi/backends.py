@@ -181,7 +181,7 @@ class ClusterCache(BaseCache):
         data = pickle.dumps(value, self._pickle_protocol)
         if self._signing_key is None:
             return data
-        return SIGNED + hmac.new(self._signing_key, data, hashlib.sha256).digest()[:MAC] + data
+        return SIGNED + hmac.digest(self._signing_key, data, "sha256")[:MAC] + data
 
     def decode(self, stored: Any) -> Any:
         """The value, or ``REFUSED`` for bytes this site did not sign (never unpickled)."""
@@ -189,7 +189,7 @@ class ClusterCache(BaseCache):
             return stored  # an integer (or JSON another client stored)
         if self._signing_key is not None:
             head = len(SIGNED) + MAC
-            mac = hmac.new(self._signing_key, stored[head:], hashlib.sha256).digest()[:MAC]
+            mac = hmac.digest(self._signing_key, stored[head:], "sha256")[:MAC]
             if not stored.startswith(SIGNED) or not hmac.compare_digest(
                 stored[len(SIGNED) : head], mac
             ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import binascii
 import json
 import math
 import sys
@@ -155,7 +156,7 @@ def client_decode(value: Any) -> Any:
     """Client side: the inverse of ``client_encode``."""
     if type(value) is dict and len(value) == 1:
         if "b64" in value and isinstance(value["b64"], str):
-            return base64.b64decode(value["b64"])
+            return binascii.a2b_base64(value["b64"])  # base64.b64decode, minus its wrapper
         if "json" in value:
             return value["json"]
     return value
