@@ -79,6 +79,7 @@ from servers import Node, Registry, batch_set, cleanup_on_exit
 from tqdm import tqdm
 
 from cacheapi.client import CacheClient, batch_plan
+from cacheapi.values import client_decode
 from nodes.ring import Ring
 
 SIZES = (1, 2, 3)
@@ -702,15 +703,34 @@ class ClusterBench:
         duration = self.args.client_duration
         rng = random.Random(5)
         client = CacheClient([c.nodes[0].url], api_key=c.api_key)
+        n1 = client.ring.node(c.nodes[0].name)
+        assert n1 is not None
+
+        def via_n1(keys: list[str]) -> dict[str, Any]:
+            """The same batch as one frame on the client's stream to n1, whatever it owns:
+            n1 serves its keys and calls the other owners (the fixed-node comparison)."""
+            body = {"keys": keys}
+            # The client's own frame, sent to a fixed node.
+            reply = client._request(
+                "POST", None, "/api/v1/batch/get", body, node=n1, frame=("get_many", body, b"")
+            )
+            assert reply is not None
+            assert reply.stream
+            found = orjson.loads(reply.data)["values"]
+            return {k: client_decode(v) for k, v in found.items()}
+
         try:
-            for name in ("GET", f"get_many {BATCH_KEYS}"):
+            for name in ("GET", f"get_many {BATCH_KEYS}", f"get_many {BATCH_KEYS} via n1"):
                 self._describe(f"CacheClient {name} on N={c.size}")
                 many = name != "GET"
+                fixed = name.endswith("via n1")
 
-                def one(client: CacheClient = client, many: bool = many) -> int:
+                def one(
+                    client: CacheClient = client, many: bool = many, fixed: bool = fixed
+                ) -> int:
                     if many:
                         keys = self.key_batches[rng.randrange(len(self.key_batches))]
-                        got = client.get_many(keys)
+                        got = via_n1(keys) if fixed else client.get_many(keys)
                         return sum(got.get(k) != self.expected[k] for k in keys)
                     k = self.keys[rng.randrange(len(self.keys))]
                     return int(client.get(k) != self.expected[k])
@@ -1197,6 +1217,7 @@ def report(
             w(
                 f"| `CacheClient.{row.name.split()[0].lower()}` "
                 f"{'(' + str(row.keys_per_op) + ' keys)' if row.keys_per_op > 1 else ''} "
+                f"{'as one frame to n1' if row.name.endswith('via n1') else ''} "
                 f"| {fmt(row.ops_per_s)} | {fmt(row.ops_per_s * row.keys_per_op)} "
                 f"| {row.pct(0.5):.2f} | {row.pct(0.99):.2f} "
                 f"| {100 * row.client_cpu_s / row.duration:.0f}% "
@@ -1205,9 +1226,18 @@ def report(
             )
         w("")
         w(
-            "One synchronous caller: it is bound by its own CPU and the round trip (urllib3 and "
-            "JSON per call), so these ops/s are for information, not the cluster's capacity. "
-            "Every value read was compared with the preloaded one."
+            "One synchronous caller on client streams: it is bound by its own CPU and the round "
+            "trip, so these ops/s are for information, not the cluster's capacity. Every value "
+            "read was compared with the preloaded one."
+        )
+        w("")
+        ratio = client_batch_ratio(bench)
+        w(
+            "Smart-client batches (issue 13): `CacheClient.get_many` sends each owner its keys "
+            "as one frame, all at once; the row below it sends the same batches as one frame to "
+            "n1, which serves its keys and calls the other owners. Server CPU per batch, the "
+            f"client's way over the fixed node's: {fmt(ratio, '.2f')} (target <= "
+            f"{BATCH_TARGET:g}: {verdict(ratio, BATCH_TARGET)})."
         )
         w("")
 
@@ -1457,6 +1487,13 @@ def observations(bench: ClusterBench) -> list[str]:
             else "."
         )
     )
+    ratio = client_batch_ratio(bench)
+    if ratio is not None:
+        lines.append(
+            f"CacheClient batch get {BATCH_KEYS} on streams (a frame per owner) against the same "
+            f"batch as one frame to n1: {ratio:.2f}x the server CPU per batch (target <= "
+            f"{BATCH_TARGET:g}x: {verdict(ratio, BATCH_TARGET)})."
+        )
     for row in bench.client_rows:
         lines.append(
             f"CacheClient {row.name}: {row.ops_per_s:,.0f} ops/s from one thread, client at "
@@ -1464,6 +1501,18 @@ def observations(bench: ClusterBench) -> list[str]:
             f"{row.wrong} wrong values."
         )
     return lines
+
+
+def client_batch_ratio(bench: Any) -> float | None:
+    """Server CPU per batch of the real client's ``get_many`` over the same batches sent as one
+    frame to n1 (rows of ``run_client``); None without both rows."""
+    per = {
+        row.name: row.server_cpu_s / row.ops
+        for row in bench.client_rows
+        if row.keys_per_op > 1 and row.ops
+    }
+    mine, fixed = per.get(f"get_many {BATCH_KEYS}"), per.get(f"get_many {BATCH_KEYS} via n1")
+    return mine / fixed if mine is not None and fixed else None
 
 
 # --------------------------------------------------------------------------- plot, json

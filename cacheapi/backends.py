@@ -20,7 +20,7 @@ The contract is Django's own (tested side by side with ``LocMemCache`` in
 
 - **Values**: any picklable value. A plain ``int`` within 64 bits (not ``bool``) is stored as a
   JSON integer, so ``incr`` runs atomically on the node; everything else is pickled and stored
-  as a binary value, signed (HMAC-SHA256 with a key derived from ``SECRET_KEY``, or
+  as a binary value, signed (keyed BLAKE2b, a MAC, with a key derived from ``SECRET_KEY``, or
   ``OPTIONS["SIGNING_KEY"]``): any API key with the ``write`` scope can write to the cluster,
   and a value this site did not sign is never unpickled (it reads as absent, and is logged).
   ``SIGN_VALUES: False`` turns that off. ``None`` is a value like any other.
@@ -82,7 +82,8 @@ _BAD_KEY_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # as cacheapi.validation
 DIGEST_PREFIX = "sha256:"
 _MISSING = object()
 REFUSED = object()  # a binary value this site did not sign: treated as absent
-SIGNED = b"CCs1"  # the head of a signed pickle, then MAC bytes of HMAC-SHA256
+SIGNED = b"CCs2"  # the head of a signed pickle, then MAC bytes of keyed BLAKE2b
+_SIGNED_BEFORE = b"CCs1"  # HMAC-SHA256 signatures (earlier versions): read as absent, quietly
 MAC = 16
 
 
@@ -130,25 +131,22 @@ def shared_client(urls: tuple[str, ...], options: Mapping[str, Any]) -> CacheCli
     return client
 
 
+def _mac(key: bytes, data: bytes | memoryview) -> bytes:
+    """BLAKE2b in keyed mode (RFC 7693), a MAC in one call: a third of HMAC-SHA256's cost on
+    the small values a cache holds, paid on every read of a pickled value."""
+    return hashlib.blake2b(data, digest_size=MAC, key=key).digest()
+
+
 def cluster_key(key: str) -> str:
     """A made key as the cluster takes it: itself when the cluster accepts it, else a digest
     (stable, so every process maps it the same way)."""
-    if (
-        key
-        and len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
-        and not _BAD_KEY_CHARS.search(key)
-        and _utf8(key)
-    ):
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: not UTF-8 the cluster can take
+        size = 0
+    if 0 < size <= MAX_KEY_BYTES and not _BAD_KEY_CHARS.search(key):
         return key
     return DIGEST_PREFIX + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _utf8(key: str) -> bool:
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class ClusterCache(BaseCache):
@@ -181,22 +179,24 @@ class ClusterCache(BaseCache):
         data = pickle.dumps(value, self._pickle_protocol)
         if self._signing_key is None:
             return data
-        return SIGNED + hmac.digest(self._signing_key, data, "sha256")[:MAC] + data
+        return SIGNED + _mac(self._signing_key, data) + data
 
     def decode(self, stored: Any) -> Any:
         """The value, or ``REFUSED`` for bytes this site did not sign (never unpickled)."""
         if not isinstance(stored, bytes):
             return stored  # an integer (or JSON another client stored)
-        if self._signing_key is not None:
-            head = len(SIGNED) + MAC
-            mac = hmac.digest(self._signing_key, stored[head:], "sha256")[:MAC]
-            if not stored.startswith(SIGNED) or not hmac.compare_digest(
-                stored[len(SIGNED) : head], mac
-            ):
+        if self._signing_key is None:
+            return pickle.loads(stored)
+        head = len(SIGNED) + MAC
+        data = memoryview(stored)[head:]  # no copies of the pickle
+        mac = _mac(self._signing_key, data)
+        if not stored.startswith(SIGNED) or not hmac.compare_digest(
+            stored[len(SIGNED) : head], mac
+        ):
+            if not stored.startswith(_SIGNED_BEFORE):  # else written before an upgrade
                 log.warning("a cached value without this site's signature was ignored")
-                return REFUSED
-            stored = stored[head:]
-        return pickle.loads(stored)
+            return REFUSED
+        return pickle.loads(data)
 
     def _key(self, key: Any, version: int | None) -> str:
         return cluster_key(self.make_and_validate_key(key, version=version))

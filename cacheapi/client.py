@@ -6,14 +6,15 @@
 
 The client reads the ring from any seed node, hashes each key to its primary and calls that
 node directly, so no single-key request is forwarded. A batch is cut into parts of at most
-``max_batch_keys`` (the nodes' ``MAX_BATCH_KEYS``), and each part goes as one request to the
-node that owns most of its keys, which fetches the rest from their owners over the peer
-protocol: an HTTP request costs a node about 0.4 ms of CPU, a framed internal call about a
-tenth of that, so one request per part costs the cluster less than one request per owner.
-When a node answers with a newer ``X-Ring-Version``, or does not answer, the client re-reads
-the ring (and retries a failed call once, on the new owner or, for a batch part, on the node
-that owns most of the part's other keys, when repeating it is safe: a read or plain set, or
-any call whose connection never opened).
+``max_batch_keys`` (the nodes' ``MAX_BATCH_KEYS``). On client streams each owner gets its own
+keys as one frame, every frame sent before any answer is read (``_stream_parts``). Over HTTP
+each part goes as one request to the node that owns most of its keys, which fetches the rest
+from their owners over the peer protocol: an HTTP request costs a node about 0.4 ms of CPU, a
+framed call about a tenth of that, so one request per part costs the cluster less than one
+request per owner. When a node answers with a newer ``X-Ring-Version``, or does not answer,
+the client re-reads the ring (and retries a failed call once, on the new owner or, for a batch
+part, on the node that owns most of the part's other keys, or any other, when repeating it is
+safe: a read or plain set, or any call whose connection never opened).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import urllib3
 
 from cacheapi import values
 from cacheapi.peer import frames
-from cacheapi.peer.transport import StreamsRefused, Transport
+from cacheapi.peer.transport import Call, StreamsRefused, Transport
 from nodes.ring import Ring, RingNode, read_order
 
 DEFAULT: Any = object()  # "no ttl given": the cluster's default TTL applies
@@ -413,18 +414,22 @@ class CacheClient:
         assert reply is not None
         return values.loads(reply.data)
 
-    # -- batches: parts of at most max_batch_keys, each to the node owning most of it --------
+    # -- batches: parts of at most max_batch_keys, per owner on streams, else to the majority --
     def _parts(self, keys: list[str]) -> list[list[str]]:
         if len(keys) <= self.max_batch_keys:  # one part: the ring is read later, per part
             return [keys] if keys else []
         return _batch_parts(self.ring, keys, self.max_batch_keys)
 
     def _coordinator(self, keys: Sequence[str], dead: Collection[str] = ()) -> RingNode | None:
-        """The part's coordinator (see ``_majority_owner``); None when only ``dead`` owners are
+        """The part's coordinator (see ``_majority_owner``); when its owners are all ``dead``,
+        another member (it reads from the keys' other owners); None when only dead ones are
         left."""
-        node = _majority_owner(self.ring, keys, dead)
+        ring = self.ring
+        node = _majority_owner(ring, keys, dead)
         if node is None and not dead:
             raise Unavailable("the ring has no live node")
+        if node is None:  # the part's owners failed: any other node coordinates (and fails over)
+            node = next((m for m in read_order(list(ring.members)) if m.name not in dead), None)
         return node
 
     def _send_parts(
@@ -440,7 +445,7 @@ class CacheClient:
         served. Raises Unavailable, with every failed key, when any key failed: the keys a
         node reported in ``failed`` and every key of a part that no node answered."""
 
-        def send(part: list[str]) -> tuple[Any, list[str], str]:
+        def send(part: list[str], avoid: Sequence[str] = ()) -> tuple[Any, list[str], str]:
             try:
                 data = body(part)
                 response = self._request(
@@ -448,7 +453,7 @@ class CacheClient:
                     None,
                     path,
                     data,
-                    pick=lambda dead: self._coordinator(part, dead),
+                    pick=lambda dead: self._coordinator(part, [*avoid, *dead]),
                     repeatable=repeatable,
                     frame=(BATCH_OPS[path], data, b""),
                 )
@@ -458,11 +463,14 @@ class CacheClient:
             answer = values.loads(response.data)
             return answer, answer["failed"], ""
 
-        parts = self._parts(keys)
-        if len(parts) <= 1:
-            results = [send(part) for part in parts]
+        if self._frames is not None and keys:
+            results = self._stream_parts(keys, BATCH_OPS[path], body, send, repeatable=repeatable)
         else:
-            results = list(self._executor().map(send, parts))
+            parts = self._parts(keys)
+            if len(parts) <= 1:
+                results = [send(part) for part in parts]
+            else:
+                results = list(self._executor().map(send, parts))
         for answer, _, _ in results:
             if answer is not None:
                 served(answer)
@@ -475,6 +483,79 @@ class CacheClient:
                 failed=failed,
             )
         return [answer for answer, _, _ in results]
+
+    def _stream_parts(
+        self,
+        keys: list[str],
+        op: str,
+        body: Callable[[list[str]], Any],
+        send: Callable[..., tuple[Any, list[str], str]],
+        *,
+        repeatable: bool,
+    ) -> list[tuple[Any, list[str], str]]:
+        """Streams: each owner's keys go to it as one frame (cut at ``max_batch_keys``), every
+        frame sent before any answer is read. The parts run on their nodes at once, with no
+        thread per part and no node forwarding: a frame costs a node a fraction of an HTTP
+        request, so one per owner costs the cluster no more than one to a coordinator that
+        calls the other owners itself, and saves that second hop's wait. A part whose frame
+        cannot be sent (a node without streams), whose node does not answer or answers 503
+        goes the general way, ``send``: over HTTP, or to another node that fetches from the
+        owners (a part that may have been applied is not repeated unless ``repeatable``)."""
+        assert self._frames is not None
+        try:
+            ring = self.ring
+        except Unavailable as exc:  # no node answered for the ring: every key failed
+            return [(None, keys, str(exc))]
+        parts = _owner_parts(ring, keys, self.max_batch_keys)
+        if not parts:  # an empty ring: the general way says so, for every key
+            return [send(keys)]
+        sent: list[tuple[RingNode, list[str], Call | None]] = []
+        # (part, its node, the answer; None: not sent, or no answer, with the error if sent)
+        answers: list[tuple[list[str], RingNode, Reply | None, str]] = []
+        try:
+            for node, part in parts:
+                payload = frames.encode_body(values.dumps(body(part)))
+                try:
+                    call = self._frames.send_frame(
+                        node.url.rstrip("/"), self._upgrade, op, payload, open_now=True
+                    )
+                except (StreamsRefused, OSError):
+                    call = None  # never sent: the general way
+                sent.append((node, part, call))
+            for i, (node, part, call) in enumerate(sent):
+                if call is None:
+                    answers.append((part, node, None, ""))
+                    continue
+                sent[i] = (node, part, None)
+                try:
+                    got = call.response()
+                except OSError as exc:
+                    answers.append((part, node, None, str(exc) or type(exc).__name__))
+                    continue
+                answers.append((part, node, Reply(got.status, got.headers, got.data, True), ""))
+        finally:
+            for _, _, call in sent:
+                if call is not None:
+                    call.close()
+        results: list[tuple[Any, list[str], str]] = []
+        for part, node, reply, error in answers:
+            if reply is None and not error:  # never sent
+                results.append(send(part))
+            elif reply is None and not repeatable:  # it may have been applied: not again
+                self.refresh_ring()
+                results.append((None, part, f"{node.name} did not answer: {error}"))
+            elif reply is None or (reply.status == 503 and repeatable):
+                self.refresh_ring()
+                results.append(send(part, (node.name,)))
+            elif 200 <= reply.status < 300:
+                self._note_version(reply)
+                data = values.loads(reply.data)
+                results.append((data, data["failed"], ""))
+            elif reply.status == 503:
+                results.append((None, part, str(_error(reply))))
+            else:
+                raise _error(reply)
+        return results
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -548,9 +629,10 @@ class CacheClient:
 def batch_plan(
     ring: Ring, keys: Sequence[str], max_batch_keys: int = MAX_BATCH_KEYS
 ) -> list[tuple[RingNode, list[str]]]:
-    """Where ``CacheClient`` sends a batch of ``keys`` over ``ring`` when every node answers:
-    its parts, each with the node it goes to. For tools that must send exactly what the client
-    sends without a client of their own (``bench/cluster.py``)."""
+    """Where ``CacheClient`` sends a batch of ``keys`` over HTTP (``streams=False``, or nodes
+    without streams) when every node answers: its parts, each with the node it goes to. For
+    tools that must send exactly what the client sends without a client of their own
+    (``bench/cluster.py``)."""
     keys = list(dict.fromkeys(keys))
     plan = []
     for part in _batch_parts(ring, keys, max_batch_keys):
@@ -559,6 +641,26 @@ def batch_plan(
             raise Unavailable("the ring has no live node")
         plan.append((node, part))
     return plan
+
+
+def _owner_parts(ring: Ring, keys: list[str], limit: int) -> list[tuple[RingNode, list[str]]]:
+    """Keys by the node a single-key call for each would go to (its first up owner), each
+    node's keys cut at the limit. An empty ring: no parts (the caller reports the keys)."""
+    groups: dict[str, list[str]] = {}
+    for name, group in ring.group_by_owner(keys).items():
+        node = ring.node(name)
+        if node is not None and node.status == "up":
+            groups.setdefault(name, []).extend(group)
+            continue
+        for key in group:  # a joining (or draining) primary: as the single-key calls go
+            first = read_order(ring.owners(key))[0]
+            groups.setdefault(first.name, []).append(key)
+    parts = []
+    for name, group in groups.items():
+        node = ring.node(name)
+        assert node is not None
+        parts += [(node, group[i : i + limit]) for i in range(0, len(group), limit)]
+    return parts
 
 
 def _batch_parts(ring: Ring, keys: list[str], limit: int) -> list[list[str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -151,15 +153,10 @@ def keys_owned(ring: Any, prefix: str, counts: dict[str, int]) -> list[str]:
     return keys
 
 
-def test_a_batch_goes_as_one_request_to_the_node_owning_most_of_it(cluster, client):
-    """The other owners are called by that node over the peer protocol (internal_ ops), never
-    by the client: one HTTP request for the batch instead of one per owner."""
+def _batches_go(cluster: Cluster, client: CacheClient, expected: dict[str, dict[str, int]]) -> None:
+    """set_many, get_many and delete_many of 60 keys (40 on n2, 10 each on n1 and n3) are
+    served as ``expected`` (the set_many calls; the others by the same shape)."""
     keys = keys_owned(client.ring, "most", {"n2": 40, "n1": 10, "n3": 10})
-    expected = {
-        "n2": {"set_many": 1},
-        "n1": {"internal_set_many": 1},
-        "n3": {"internal_set_many": 1},
-    }
     before = batch_ops(cluster)
     assert client.set_many({k: k.upper() for k in keys}) == 60
     assert served_since(cluster, before) == expected
@@ -186,6 +183,62 @@ def test_a_batch_goes_as_one_request_to_the_node_owning_most_of_it(cluster, clie
     assert served_since(cluster, before) == {"n1": {}, "n2": {}, "n3": {"set_many": 1}}
 
 
+def test_a_batch_on_streams_goes_to_every_owner_at_once(cluster, client):
+    """On client streams each owner gets its own keys as one frame, all sent before any
+    answer is read: no node calls another (no internal_ ops), and no thread per part."""
+    expected = {"n1": {"set_many": 1}, "n2": {"set_many": 1}, "n3": {"set_many": 1}}
+    _batches_go(cluster, client, expected)
+
+
+def test_a_batch_over_http_goes_as_one_request_to_the_node_owning_most_of_it(cluster):
+    """Over HTTP the other owners are called by that node over the peer protocol (internal_
+    ops), never by the client: one HTTP request for the batch instead of one per owner."""
+    http = CacheClient(
+        [cluster.nodes[0].url], api_key=cluster.registry.api_key, timeout=2, streams=False
+    )
+    expected = {
+        "n2": {"set_many": 1},
+        "n1": {"internal_set_many": 1},
+        "n3": {"internal_set_many": 1},
+    }
+    try:
+        _batches_go(cluster, http, expected)
+    finally:
+        http.close()
+
+
+def test_a_stream_batch_part_whose_node_hangs_goes_to_another_node(tmp_path):
+    """A part whose node does not answer goes the general way: to another node, which asks
+    the keys' owners itself. Here the one owner is frozen, so its keys are reported failed
+    and the other owner's keys are served; nothing waits past the client's timeout twice."""
+    cluster = Cluster(
+        Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}"),
+        tmp_path,
+        2,
+        CACHE_FORWARD_TIMEOUT="0.5",
+        CACHE_REPLICAS="1",
+    )
+    with cluster:
+        c = CacheClient([cluster.nodes[0].url], api_key=cluster.registry.api_key, timeout=1)
+        try:
+            keys = keys_owned(c.ring, "part", {"n1": 5, "n2": 5})
+            assert c.set_many(dict.fromkeys(keys, "v")) == 10
+            n2_keys = [k for k in keys if c.ring.primary(k).name == "n2"]
+            frozen = cluster.node("n2")
+            os.killpg(frozen.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(Unavailable) as info:
+                    c.get_many(keys)
+            finally:
+                os.killpg(frozen.proc.pid, signal.SIGCONT)
+            assert sorted(info.value.failed) == sorted(n2_keys)
+            assert info.value.found == {k: "v" for k in keys if k not in n2_keys}
+            # n1 coordinated the retried part: it called n2 (and timed out) itself.
+            assert cluster.stats(cluster.node("n1"))["ops"].get("stream_get_many", 0) == 2
+        finally:
+            c.close()
+
+
 def test_batches_of_any_size_are_cut_at_the_nodes_limit(cluster, client):
     items = {f"big:{i}": i for i in range(3000)}
     before = batch_ops(cluster)
@@ -194,9 +247,12 @@ def test_batches_of_any_size_are_cut_at_the_nodes_limit(cluster, client):
     assert client.delete_many(items) == 3000
     assert client.get_many(items) == {}
     served = served_since(cluster, before)
-    # 3,000 keys at most 1,000 a request: 3 requests a batch, whatever each owner's share.
+    # At most 1,000 keys a frame: each owner's share cut at the limit.
+    shares = client.ring.group_by_owner(items)
+    parts = sum(-(-len(share) // 1000) for share in shares.values())
     for op, batches in (("set_many", 1), ("get_many", 2), ("delete_many", 1)):
-        assert sum(ops.get(op, 0) for ops in served.values()) == 3 * batches, (op, served)
+        assert sum(ops.get(op, 0) for ops in served.values()) == parts * batches, (op, served)
+    assert all(not ops.get(f"internal_{op}") for ops in served.values() for op in BATCH_OPS)
 
     small = CacheClient(
         [cluster.nodes[0].url], api_key=cluster.registry.api_key, timeout=2, max_batch_keys=7
@@ -206,7 +262,10 @@ def test_batches_of_any_size_are_cut_at_the_nodes_limit(cluster, client):
         before = batch_ops(cluster)
         assert small.set_many(dict.fromkeys(keys, "v")) == 20
         served = served_since(cluster, before)
-        assert sum(ops.get("set_many", 0) for ops in served.values()) == 3
+        shares = small.ring.group_by_owner(keys)
+        assert sum(ops.get("set_many", 0) for ops in served.values()) == sum(
+            -(-len(share) // 7) for share in shares.values()
+        )
         assert small.get_many(keys) == dict.fromkeys(keys, "v")
         assert small.delete_many(keys) == 20
     finally:
@@ -218,8 +277,8 @@ def test_a_client_limit_above_the_nodes_one_is_refused_as_invalid(cluster):
         [cluster.nodes[0].url], api_key=cluster.registry.api_key, timeout=2, max_batch_keys=5000
     )
     try:
-        with pytest.raises(InvalidRequest) as info:
-            big.get_many(f"over:{i}" for i in range(1001))
+        with pytest.raises(InvalidRequest) as info:  # 1,001 keys of one owner: one frame
+            big.get_many(keys_owned(big.ring, "over", {"n1": 1001}))
         assert (info.value.status, info.value.code) == (413, "batch_too_large")
     finally:
         big.close()
