@@ -351,6 +351,28 @@ class TestClusterOnly:
         plain.set("p", [1, 2])
         assert plain.get("p") == [1, 2]
 
+    def test_values_signed_by_an_earlier_version_read_as_absent_quietly(
+        self, cluster: Cluster, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """HMAC-SHA256 signatures (the ``CCs1`` head) came before keyed BLAKE2b: after an
+        upgrade such values are misses, without a warning each, and are never unpickled."""
+        import hashlib
+        import hmac
+        import pickle
+
+        cache = cluster_cache(cluster, KEY_PREFIX="upgraded")
+        key = cache._signing_key
+        assert key is not None
+        data = pickle.dumps({"old": True})
+        old = b"CCs1" + hmac.digest(key, data, hashlib.sha256)[:16] + data
+        cache.client.set(cluster_key(cache.make_key("k")), old)
+        with caplog.at_level(logging.WARNING, logger="cacheapi.backends"):
+            assert cache.get("k", "absent") == "absent"
+        assert "signature" not in caplog.text
+        cache.set("k", {"new": True})
+        assert cache.get("k") == {"new": True}
+        assert cache.client.get(cluster_key(cache.make_key("k")))[:4] == b"CCs2"
+
     def test_ints_are_json_integers_on_the_nodes(self, cluster: Cluster) -> None:
         cache = cluster_cache(cluster, KEY_PREFIX="ints")
         cache.set("n", 41)
