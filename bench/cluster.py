@@ -40,7 +40,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,15 +67,14 @@ from options import parse_args
 from report import (
     command_line,
     fmt,
-    loadavg,
     machine_facts,
     machine_table,
+    publish,
     save_figure,
     shown,
     write_bytes,
-    write_text,
 )
-from servers import Node, Registry, batch_set, cleanup_on_exit
+from servers import Node, Registry, batch_set, run_measured
 from tqdm import tqdm
 
 from cacheapi.client import CacheClient, batch_plan
@@ -95,6 +94,8 @@ SPLIT = "split per owner (reference)"  # a smart batch sent as one request per o
 CONTROL = "one node, control"  # the lone node at the per-node concurrency of 3 smart nodes
 # CPU per op on 3 nodes / on 1 node, at most; the smart client's single keys against CONTROL.
 TARGETS = {SMART: 1.15, FORWARD: 1.3}  # issue 13: forwarded ops <= 1.3x one node
+# The real client's rows (run_client): its GET, its batch, and that batch as one frame to n1.
+CLIENT_CALLS = ("GET", f"get_many {BATCH_KEYS}", f"get_many {BATCH_KEYS} via n1")
 BATCH_TARGET = 1.0  # smart batch CPU / forwarding batch CPU on 3 nodes, at most
 SPOT = 50  # keys read back per path in the correctness checks
 
@@ -720,7 +721,7 @@ class ClusterBench:
             return {k: client_decode(v) for k, v in found.items()}
 
         try:
-            for name in ("GET", f"get_many {BATCH_KEYS}", f"get_many {BATCH_KEYS} via n1"):
+            for name in CLIENT_CALLS:
                 self._describe(f"CacheClient {name} on N={c.size}")
                 many = name != "GET"
                 fixed = name.endswith("via n1")
@@ -845,7 +846,7 @@ class ClusterBench:
         a = self.args
         items = sum(len(OPS) * (1 if n == 1 else 2) + (n > 1) for n in SIZES)
         items += 2 if a.control else 0
-        client = 2 * (a.client_duration + min(1.0, a.warmup))
+        client = len(CLIENT_CALLS) * (a.client_duration + min(1.0, a.warmup))
         profile = 3 * (a.warmup + a.profile_duration) if a.profile else 0.0
         return items * (a.cluster_duration + a.rounds * a.warmup) + client + profile
 
@@ -1677,21 +1678,23 @@ def write_json(bench: ClusterBench, path: Path, meta: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
-def run(args: argparse.Namespace, command: str, say: Callable[[str], None]) -> int:
-    """Run the cluster benchmark and write its results; 1 if a correctness check failed."""
-    started = dt.datetime.now(dt.UTC)
-    load_before = loadavg()
+def main(args: argparse.Namespace, command: str) -> int:
+    """Run the cluster benchmark with every node stopped on the way out (also on Ctrl-C) and
+    write its results; 1 if a correctness check failed."""
     bench = ClusterBench(args)
-    bench.run()
-    load_after = loadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    md, png = args.out / "cluster.md", args.out / "cluster.png"
-    text = report(bench, command, started, load_before, load_after)
-    write_text(md, text)
-    plot(bench, png)
+    measured = run_measured(bench.run, "node")
+    if measured is None:
+        return 130
+    _, started, (load_before, load_after) = measured
+    publish(
+        args.out,
+        "cluster",
+        lambda png: plot(bench, png),
+        lambda png: report(bench, command, started, load_before, load_after),
+    )
     meta = {"command": command, "date": started.isoformat(), **machine_facts()}
     write_json(bench, args.out / "cluster.json", meta)
-    say(text)
+    print(f"wrote {shown(args.out / 'cluster.md')}, cluster.png, cluster.json", file=sys.stderr)
     failed = [ch for ch in bench.checks if not ch.ok]
     errors = sum(i.result.errors for i in bench.items)
     if failed or errors:
@@ -1701,18 +1704,6 @@ def run(args: argparse.Namespace, command: str, say: Callable[[str], None]) -> i
         )
         return 1
     return 0
-
-
-def main(args: argparse.Namespace, command: str) -> int:
-    """Run the cluster benchmark with every node stopped on the way out (also on Ctrl-C)."""
-    try:
-        with cleanup_on_exit():
-            rc = run(args, command, print)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every node was stopped; no results written", file=sys.stderr)
-        return 130
-    print(f"wrote {shown(args.out / 'cluster.md')}, cluster.png, cluster.json", file=sys.stderr)
-    return rc
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ import orjson
 import psutil
 import requests
 from redis_cluster import private_redis
-from report import fmt, loadavg, machine_facts, machine_table, save_figure, shown, write_text
-from servers import Node, Registry, cleanup_on_exit, free_port, running_node
+from report import fmt, machine_facts, machine_table, publish, save_figure, shown, write_text
+from servers import Node, Registry, free_port, run_measured, running_node
 
 MIB = 2**20
 KEY_WIDTH = 10  # "k" and nine digits, as in the issue that found the leak
@@ -270,19 +270,16 @@ def plot(per_entry: list[PerEntry], budgets: list[Budget], path: Path) -> None:
 
 
 def main(args: argparse.Namespace, command: str) -> int:
-    started = dt.datetime.now(dt.UTC)
-    load_before = loadavg()
-    try:
-        with cleanup_on_exit():
-            per_entry, budgets = run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every server was stopped; no results written", file=sys.stderr)
+    measured = run_measured(lambda: run(args), "server")
+    if measured is None:
         return 130
-    args.out.mkdir(parents=True, exist_ok=True)
-    md, png = args.out / "memory.md", args.out / "memory.png"
-    text = report(per_entry, budgets, command, started, load_before, loadavg())
-    write_text(md, text)
-    plot(per_entry, budgets, png)
+    (per_entry, budgets), started, (load_before, load_after) = measured
+    publish(
+        args.out,
+        "memory",
+        lambda png: plot(per_entry, budgets, png),
+        lambda png: report(per_entry, budgets, command, started, load_before, load_after),
+    )
     write_text(
         args.out / "memory.json",
         orjson.dumps(
@@ -296,6 +293,5 @@ def main(args: argparse.Namespace, command: str) -> int:
             option=orjson.OPT_INDENT_2,
         ).decode(),
     )
-    print(text)
-    print(f"wrote {shown(md)}, {png.name}, memory.json", file=sys.stderr)
+    print(f"wrote {shown(args.out / 'memory.md')}, memory.png, memory.json", file=sys.stderr)
     return 0 if all(b.held for b in budgets) else 1

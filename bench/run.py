@@ -68,15 +68,14 @@ from report import (
     ROOT,
     command_line,
     fmt,
-    loadavg,
     machine_facts,
     machine_table,
+    publish,
     save_figure,
     shown,
     write_bytes,
-    write_text,
 )
-from servers import BareDjango, Node, Registry, batch_set, cleanup_on_exit
+from servers import BareDjango, Node, Registry, batch_set, run_measured
 from tqdm import tqdm
 
 DRF_BARE_TARGET = 0.8  # node single GET ops/s / bare Django GET requests/s, at least
@@ -1000,22 +999,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_foundation(args: argparse.Namespace, command: str) -> int:
-    started = dt.datetime.now(dt.UTC)
-    load_before = loadavg()
     bench = Bench(args)
-    try:
-        with cleanup_on_exit():
-            bench.run()
-    except KeyboardInterrupt:
-        print("\ninterrupted: every node was stopped; no results written", file=sys.stderr)
+    measured = run_measured(bench.run, "node")
+    if measured is None:
         return 130
-    load_after = loadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    md = args.out / f"{args.name}.md"
-    png = args.out / f"{args.name}.png"
-    text = report(bench, command, started, load_before, load_after)
-    write_text(md, text)
-    plot(bench, png)
+    _, started, (load_before, load_after) = measured
+    publish(
+        args.out,
+        args.name,
+        lambda png: plot(bench, png),
+        lambda png: report(bench, command, started, load_before, load_after),
+    )
     write_json(
         bench,
         args.out / f"{args.name}.json",
@@ -1031,8 +1025,8 @@ def run_foundation(args: argparse.Namespace, command: str) -> int:
             "answer_bytes": bench.answer_bytes,
         },
     )
-    print(text)
-    print(f"wrote {shown(md)}, {png.name}, {args.name}.json", file=sys.stderr)
+    md = args.out / f"{args.name}.md"
+    print(f"wrote {shown(md)}, {args.name}.png, {args.name}.json", file=sys.stderr)
     return 0
 
 
