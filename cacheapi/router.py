@@ -521,8 +521,7 @@ class Router:
         local: list[dict[str, Any]] = []
 
         def here(group: list[str]) -> dict[str, Any]:
-            to_wire = values.to_wire
-            local.append({k: to_wire(v, b) for k, (v, b) in self.store.values_many(group).items()})
+            local.append(self.store.values_many(group, values.to_wire))
             return local[-1]
 
         def there(p: PeerClient, node: RingNode, group: list[str]) -> Pending[dict[str, Any]]:

@@ -24,6 +24,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from cacheapi.store import records
 from cacheapi.store.records import BINARY, HEADER_SIZE, NEVER, NodeNames
@@ -40,6 +41,10 @@ _INT64_DIGITS = 19
 ENTRY_OVERHEAD = 160
 # The ring is compacted once more than half of it (and more than this many slots) is free.
 _COMPACT_MIN = 1024
+
+
+def _pair(value: bytes, binary: bool) -> tuple[bytes, bool]:
+    return value, binary
 
 
 class StoreError(Exception):
@@ -212,13 +217,16 @@ class Store:
             found = {key: self._lookup(key, now) for key in keys}
             return {key: self._entry(rec) for key, rec in found.items() if rec is not None}
 
-    def values_many(self, keys: Iterable[str]) -> dict[str, tuple[bytes, bool]]:
-        """``get_many`` for callers that need only the values: (bytes, binary) of each live
-        key. The batch read path: ~3x cheaper per key than building entries, so it does what
-        ``_lookup`` does (lazy expiry, reference bit, hit and miss counts) inline, with one
-        header unpack per key."""
+    def values_many(
+        self, keys: Iterable[str], wrap: Callable[[bytes, bool], Any] = _pair
+    ) -> dict[str, Any]:
+        """``get_many`` for callers that need only the values: ``wrap(bytes, binary)`` of each
+        live key ((bytes, binary) by default; the router passes its wire encoder, so a batch
+        is built in one pass). The batch read path: ~3x cheaper per key than building entries,
+        so it does what ``_lookup`` does (lazy expiry, reference bit, hit and miss counts)
+        inline, with one header unpack per key."""
         keys = list(keys)
-        found: dict[str, tuple[bytes, bool]] = {}
+        found: dict[str, Any] = {}
         with self._lock:
             now = self.clock()
             data, refs = self._data, self._refs
@@ -233,7 +241,7 @@ class Store:
                     self._expirations += 1
                     continue
                 refs[at] = 1
-                found[key] = (record[start:], bool(flags & BINARY))
+                found[key] = wrap(record[start:], (flags & BINARY) == BINARY)
             self._hits += len(found)
             self._misses += len(keys) - len(found)
         return found
