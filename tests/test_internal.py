@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import socket
 import struct
 import threading
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cacheapi import errors
+from cacheapi.peer import frames
 from cacheapi.peer.client import PeerClient, PeerUnavailable
 from cacheapi.peer.server import InternalApp
 from cacheapi.peer.wire import INTERNAL_HEADER, decode_value, encode_value
@@ -350,6 +352,107 @@ def test_a_bad_batch_is_a_4xx_and_changes_nothing(app, store, settings, op, body
     assert store.peek("b") is None
 
 
+# ---------------------------------------------------------------------- put: a replicated write
+
+
+def put_body(
+    key: str = "k",
+    value: bytes = b'"v"',
+    binary: bool = False,
+    ttl: float | None = None,
+    version: tuple[int, int, str] = (9, 0, "n2"),
+) -> bytes:
+    return frames.encode_put(key, value, binary, ttl, version)
+
+
+def test_put_stores_a_replicated_write_with_its_version(app, store, observed):
+    status, _, body = call(app, "put", raw=put_body(value=b'{"a":1}', ttl=30.0))
+    assert (status, body) == (200, b"")  # the coordinator knows the version it sent
+    entry = store.peek("k")
+    assert (entry.value, entry.binary, entry.version) == (b'{"a":1}', False, (9, 0, "n2"))
+    assert store.remaining(entry) == pytest.approx(30)
+    # Binary values travel raw, whatever their bytes; no TTL is no expiry.
+    assert call(app, "put", raw=put_body("b", b"\x00\xff{", True, None, (10, 0, "n2")))[0] == 200
+    assert (store.peek("b").value, store.peek("b").binary) == (b"\x00\xff{", True)
+    assert store.remaining(store.peek("b")) is None
+    # An older version loses (last write wins): answered, and nothing changes.
+    assert call(app, "put", raw=put_body(value=b"2", version=(8, 5, "n3")))[0] == 200
+    assert store.peek("k").value == b'{"a":1}'
+    assert observed == [("internal_put", False)] * 3
+
+
+def test_put_needs_the_secret_and_a_post(app, store):
+    for secret in (None, "wrong"):
+        status, _, body = call(app, "put", raw=put_body(), secret=secret)
+        assert (status, error_code(body)) == (403, "forbidden")
+    status, _, body = call(app, "put", raw=put_body(), method="GET")
+    assert (status, error_code(body)) == (405, "method_not_allowed")
+    assert store.peek("k") is None
+
+
+_HEAD = frames.PUT_HEAD.pack(0, math.nan, 9, 0, 2) + b"n2"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"", 400, "invalid_request"),
+        (put_body()[:10], 400, "invalid_request"),  # shorter than its head
+        (_HEAD, 400, "invalid_request"),  # no key length
+        (_HEAD + frames.KEY_LENGTH.pack(100) + b"k", 400, "invalid_request"),  # a key cut short
+        (_HEAD + frames.KEY_LENGTH.pack(2) + b"\xff\xfe" + b"1", 400, "invalid_request"),  # UTF-8
+        (
+            frames.PUT_HEAD.pack(0, math.nan, 9, 0, 2) + b"n\xff" + b"\x01\x00k1",
+            400,
+            "invalid_request",
+        ),
+        (b"\x02" + put_body()[1:], 400, "invalid_request"),  # an unknown flag
+        (put_body(key="with space"), 400, "invalid_key"),
+        (put_body(key=""), 400, "invalid_key"),
+        (put_body(key="x" * 251), 400, "invalid_key"),
+        (put_body(ttl=-1.0), 400, "invalid_ttl"),
+        (put_body(ttl=0.0), 400, "invalid_ttl"),
+        (put_body(ttl=math.inf), 400, "invalid_ttl"),
+        (put_body(value=b"{nope"), 400, "invalid_value"),
+        (put_body(value=b"NaN"), 400, "invalid_value"),
+        (put_body(value=b""), 400, "invalid_value"),
+        (put_body(value=b'"\xff"'), 400, "invalid_value"),
+        (put_body(value=b"1" * 9_000), 413, "value_too_large"),
+        (put_body(value=b"\x00" * 9_000, binary=True), 413, "value_too_large"),
+        (put_body(version=(9, 0, "n 2")), 400, "invalid_request"),
+        (put_body(version=(-1, 0, "n2")), 400, "invalid_request"),
+    ],
+)
+def test_a_bad_put_is_a_4xx_and_stores_nothing(app, store, settings, raw, status, code):
+    settings.CACHE_CLUSTER = {"MAX_VALUE_BYTES": 8_000}
+    got_status, _, got = call(app, "put", raw=raw)
+    assert (got_status, error_code(got)) == (status, code)
+    assert len(store) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.text(min_size=1, max_size=60),
+    value=st.binary(max_size=300),
+    binary=st.booleans(),
+    ttl=st.none() | st.floats(min_value=0.001, max_value=1e9),
+    version=st.tuples(
+        st.integers(0, 2**63 - 1),
+        st.integers(0, 2**32 - 1),
+        st.from_regex(r"[!-~]{1,40}", fullmatch=True),
+    ),
+)
+def test_a_put_body_decodes_to_what_was_encoded(key, value, binary, ttl, version):
+    try:
+        body = frames.encode_put(key, value, binary, ttl, version)
+    except ValueError:  # a lone surrogate in the key: not UTF-8
+        return
+    assert frames.decode_put(body) == (key, value, binary, ttl, version)
+    for cut in range(len(body) - len(value)):  # cut anywhere before the value: refused
+        with pytest.raises(frames.FrameError):
+            frames.decode_put(body[:cut])
+
+
 def test_each_call_is_recorded_under_its_internal_name(app, store, observed):
     store.set("k", b"1")
     call(app, "get", {"key": "k"})
@@ -435,6 +538,22 @@ def test_peer_client_single_key_calls_round_trip(served, peers, store, clock):
     assert (value, ttl) == (6, None)
     assert store.peek("n").value == b"6"
     assert peers.incr(served, "missing", 1) is None
+
+
+def test_peer_client_puts_replicated_writes_compactly(served, peers, store, observed):
+    version = (10**15, 3, "n2")
+    assert peers.start_put(served, "p", b"\x00raw", True, 60.0, version).result() == version
+    assert (store.peek("p").value, store.peek("p").version) == (b"\x00raw", version)
+    assert peers.start_put(served, "j", b"[1]", False, None, version).result() == version
+    assert store.peek("j").value == b"[1]"
+    # A version the compact layout cannot carry (a node name past 255 bytes) goes as a set.
+    long_name = (10**15, 4, "n" * 300)
+    assert peers.start_put(served, "l", b"1", False, None, long_name).result() == long_name
+    assert store.peek("l").version == long_name
+    assert [op for op, _ in observed] == ["internal_put", "internal_put", "internal_set"]
+    with pytest.raises(errors.CacheError) as info:  # the owner's refusal, relayed
+        peers.start_put(served, "bad key", b"1", False, None, version).result()
+    assert info.value.status == 400
 
 
 def test_peer_client_relays_errors_with_their_status(served, peers, store):

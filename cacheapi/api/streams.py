@@ -51,6 +51,7 @@ from cacheapi.api.auth import Principal, presented_key, verify_key
 from cacheapi.api.limits import counter_namespace, stream_over_limit
 from cacheapi.peer import frames
 from cacheapi.peer.server import _end_stream, ratelimit_call, read_frame_body
+from cacheapi.peer.transport import send_all
 from cacheapi.peer.wire import RING_HEADER, hit_headers
 from cacheapi.store import StoreError, Version, format_version, parse_version
 from ratelimit import algorithms
@@ -257,7 +258,7 @@ class ClientStreams:
     def _send(self, sock: Any, answer: Answer) -> None:
         status, headers, body = answer
         headers = [*headers, (RING_HEADER.lower(), str(self._ring_version()))]
-        sock.sendall(frames.encode_answer(status, headers, body))
+        send_all(sock, frames.encode_answer(status, headers, body))
 
     # -- operations: the REST API's checks, then the router ------------------------------------
     def _get(self, router: Any, data: Mapping[str, Any], tail: bytes) -> Answer:

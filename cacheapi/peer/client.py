@@ -18,6 +18,7 @@ nothing else would tell), and the first call after that tries it again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from cacheapi import errors, values
+from cacheapi.peer import frames
 from cacheapi.peer.frames import PREFIX, STREAM_OP, STREAM_PROTOCOL
 from cacheapi.peer.transport import Call, Response, StreamsRefused, Transport, timed_out
 from cacheapi.peer.wire import (
@@ -118,19 +120,19 @@ class PeerClient:
         self,
         node: Any,
         op: str,
-        body: dict[str, Any],
+        body: dict[str, Any] | bytes,
         parse: Callable[[Any, Response], T],
         timeout: float | None = None,
     ) -> Pending[T]:
-        """Send ``op`` to the owner: as a frame on a stream (an upgraded connection, kept and
-        reused) where the owner serves streams, else as ``POST /internal/v1/<op>``. Raises
-        PeerUnavailable if it cannot be sent.
+        """Send ``op`` (its JSON body, or the bytes of a binary one) to the owner: as a frame
+        on a stream (an upgraded connection, kept and reused) where the owner serves streams,
+        else as ``POST /internal/v1/<op>``. Raises PeerUnavailable if it cannot be sent.
 
         ``parse(node, response)`` turns the answer into the result; it may raise KeyError,
         TypeError or ValueError on a malformed answer, which the caller gets as BadGateway."""
         self.suspects.check(node.name)
         url = node.url.rstrip("/")
-        payload = values.dumps(body)
+        payload = body if isinstance(body, bytes) else values.dumps(body)
         try:
             try:
                 call = self._transport.send_frame(url, self._upgrade, op, payload, timeout)
@@ -178,7 +180,15 @@ class PeerClient:
     def start_put(
         self, node: Any, key: str, value: bytes, binary: bool, ttl: float | None, version: Version
     ) -> Pending[Version | None]:
-        """A replicated write with the coordinator's version (last write wins on the owner)."""
+        """A replicated write with the coordinator's version (last write wins on the owner):
+        the compact ``put`` (``frames.encode_put``: the value raw, no JSON either way), or a
+        versioned ``set`` for what that layout cannot carry (a node name over 255 bytes)."""
+        try:
+            payload = frames.encode_put(key, value, binary, ttl, version)
+        except ValueError:  # a node name the layout cannot carry
+            pass
+        else:
+            return self.send(node, "put", payload, functools.partial(_parse_put, version))
         body = {
             "key": key,
             "value": encode_value(value, binary),
@@ -375,6 +385,12 @@ def _parse_get(node: Any, response: Response) -> Hit | None:
         return None
     _expect_ok(node, response)
     return parse_hit(response.headers, response.data)
+
+
+def _parse_put(version: Version, node: Any, response: Response) -> Version:
+    """A ``put`` answers only its status: the version is the one the coordinator sent."""
+    _expect_ok(node, response)
+    return version
 
 
 def _parse_set(node: Any, response: Response) -> Version | None:

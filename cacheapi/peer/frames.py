@@ -9,12 +9,17 @@ one call after another on it, each answered in order:
 - answer frame: u32 length of the rest, u16 status, u16 headers length, the headers (a JSON
   object of strings), the body.
 
+One operation has a binary body instead of JSON: ``put``, the replicated write every copy of a
+set takes (``encode_put`` below has its layout), so that a value travels raw and neither side
+builds or parses JSON on the write path.
+
 The same operations answer ``POST /internal/v1/<op>`` over plain HTTP, for nodes whose server
 cannot keep a connection (gunicorn's gthread worker).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
@@ -88,3 +93,55 @@ def split_body(body: bytes) -> tuple[bytes, bytes]:
     if end > len(body):
         raise FrameError("the JSON part is longer than the frame")
     return body[JSON_LENGTH.size : end], body[end:]
+
+
+# A replicated write (``put``): u8 flags (1: the value is binary), f64 TTL in seconds (NaN: no
+# expiry), i64 version microseconds, u32 version counter, u8 length of the version's node
+# name, the name (ASCII), u16 key length, the key (UTF-8), then the value's bytes.
+PUT_HEAD = struct.Struct("<BdqIB")
+KEY_LENGTH = struct.Struct("<H")
+PUT_BINARY = 1
+
+
+def encode_put(
+    key: str, value: bytes, binary: bool, ttl: float | None, version: tuple[int, int, str]
+) -> bytes:
+    """A ``put`` body. Raises ValueError for what the layout cannot carry: a node name over
+    255 bytes or not ASCII, a key over 65,535 bytes or not UTF-8, numbers out of range."""
+    ms, counter, node = version
+    name, raw_key = node.encode("ascii"), key.encode("utf-8")
+    try:
+        head = PUT_HEAD.pack(
+            PUT_BINARY if binary else 0, math.nan if ttl is None else ttl, ms, counter, len(name)
+        )
+        return head + name + KEY_LENGTH.pack(len(raw_key)) + raw_key + value
+    except struct.error as exc:
+        raise ValueError(f"a put cannot carry this write: {exc}") from exc
+
+
+def decode_put(body: bytes) -> tuple[str, bytes, bool, float | None, tuple[int, int, str]]:
+    """A ``put`` body -> (key, value, binary, TTL, version), the layout checked (the values
+    are the caller's to validate); FrameError if it does not follow it."""
+    try:
+        flags, ttl, ms, counter, name_length = PUT_HEAD.unpack_from(body)
+        at = PUT_HEAD.size + name_length
+        node = body[PUT_HEAD.size : at].decode("ascii")
+        (key_length,) = KEY_LENGTH.unpack_from(body, at)
+        at += KEY_LENGTH.size
+        key = body[at : at + key_length].decode("utf-8")
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise FrameError(f"a malformed put: {exc}") from exc
+    at += key_length
+    if at > len(body) or flags & ~PUT_BINARY:
+        raise FrameError("a malformed put: shorter than its lengths, or unknown flags")
+    return (
+        key,
+        body[at:],
+        bool(flags & PUT_BINARY),
+        None if math.isnan(ttl) else ttl,
+        (
+            ms,
+            counter,
+            node,
+        ),
+    )

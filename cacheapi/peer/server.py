@@ -64,11 +64,13 @@ import orjson
 from cacheapi import errors, validation
 from cacheapi.peer import frames
 from cacheapi.peer.frames import PREFIX, STREAM_OP, STREAM_PROTOCOL
+from cacheapi.peer.transport import send_all
 from cacheapi.peer.wire import (
     INTERNAL_HEADER,
     RING_HEADER,
     SECRET_ENVIRON,
     VERSION_HEADER,
+    check_json_value,
     decode_value,
     decode_version,
     encode_value,
@@ -76,6 +78,7 @@ from cacheapi.peer.wire import (
     secrets_match,
 )
 from cacheapi.store import SetItem, Store, StoreError, Version, format_version
+from cacheapi.store.versions import check_version
 from ratelimit import algorithms
 from ratelimit.rates import MAX_LIMIT, MAX_PERIOD, Rate, parse_rate
 
@@ -269,6 +272,8 @@ class InternalApp:
             "scan": self._scan,
             "ratelimit": self._ratelimit,
         }
+        # Operations whose body is binary (``frames``), not a JSON object.
+        self._raw_ops: dict[str, Callable[[Store, bytes], Answer]] = {"put": self._put}
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -302,7 +307,7 @@ class InternalApp:
         except Exception:  # a bug: still an answer a coordinator can tell from a miss
             log.exception("internal call %s failed", op)
             status, body, headers = self._error(errors.ServerError("the internal call failed"))
-        if op in self._ops:
+        if op in self._ops or op in self._raw_ops:
             error = status >= 400 and status not in (404, 412)
             self._observe(f"internal_{op}", time.perf_counter() - started, error)
         return self._finish((status, body, headers))
@@ -325,16 +330,18 @@ class InternalApp:
 
     def _serve(self, op: str, environ: dict[str, Any]) -> Answer:
         self._check_secret(environ)
-        handler = self._ops.get(op)
-        if handler is None:
+        if op not in self._ops and op not in self._raw_ops:
             raise errors.UnknownOperation(
                 f"no internal operation at {environ.get('PATH_INFO', '')!r}"
             )
         if environ.get("REQUEST_METHOD") != "POST":
             raise errors.MethodNotAllowed("internal calls are POST")
-        return handler(self._store(), _parse(self._read_body(environ)))
+        return self._dispatch(op, self._read_body(environ))
 
     def _dispatch(self, op: str, raw: bytes) -> Answer:
+        binary = self._raw_ops.get(op)
+        if binary is not None:  # a body that is not JSON
+            return binary(self._store(), raw)
         handler = self._ops.get(op)
         if handler is None:
             raise errors.UnknownOperation(f"no internal operation {op!r}")
@@ -405,7 +412,7 @@ class InternalApp:
     @staticmethod
     def _send_answer(sock: Any, answer: Answer) -> None:
         status, body, headers = answer
-        sock.sendall(frames.encode_answer(status, headers, body))
+        send_all(sock, frames.encode_answer(status, headers, body))
 
     def _read_body(self, environ: dict[str, Any]) -> bytes:
         limit = self._max_body()
@@ -471,6 +478,22 @@ class InternalApp:
         tag = format_version(written)
         answer = orjson.dumps({"version": tag, "applied": applied})
         return 200, answer, [*_JSON, (VERSION_HEADER, tag)]
+
+    def _put(self, store: Store, raw: bytes) -> Answer:
+        """A replicated write in its compact form (``frames.encode_put``): what ``set`` with a
+        ``version`` does, with the value raw and no JSON either way. The coordinator knows the
+        version it sent, so the answer is only the status."""
+        try:
+            key, value, binary, ttl, version = frames.decode_put(raw)
+            check_version(version)
+        except ValueError as exc:  # FrameError too
+            raise errors.InvalidRequest(str(exc)) from exc
+        key, ttl = validation.validate_key(key), validation.validate_ttl(ttl)
+        validation.check_value_size(value)
+        if not binary:
+            check_json_value(value)
+        store.set(key, value, binary=binary, ttl=ttl, version=version)  # None: a newer one won
+        return 200, b"", []
 
     def _delete(self, store: Store, body: Mapping[str, Any]) -> Answer:
         return _json({"deleted": store.delete(_key(body), version=_version(body))})

@@ -28,6 +28,15 @@ MAX_HEADER_LINE = 65536
 log = logging.getLogger(__name__)
 
 
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """``sock.sendall(data)`` for the frames of every call: one ``send`` takes a small frame
+    whole, and under gevent that skips ``sendall``'s own ``getsockopt`` per call; what a send
+    leaves (a full socket buffer) goes by ``sendall``, within the socket's timeout."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 class TransportError(OSError):
     """The peer could not be reached, or broke the connection or the protocol."""
 
@@ -204,7 +213,7 @@ class Pool:
         """Write a request on ``conn``; its answer is due within the timeout from now."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
-            conn.sock.sendall(payload)
+            send_all(conn.sock, payload)
         except OSError as exc:
             conn.close()
             raise TransportError(f"{self.host}:{self.port}: {exc}") from exc

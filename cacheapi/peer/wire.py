@@ -101,6 +101,17 @@ def decode_value(text: Any, binary: Any) -> tuple[bytes, bool]:
     return value, binary
 
 
+def check_json_value(value: bytes) -> None:
+    """A JSON value as it travels raw (a ``put``): InvalidValue unless it is UTF-8 and one
+    strict JSON document, as ``decode_value`` checks a value sent as text."""
+    try:
+        values.check_json_text(value.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidValue("value is not valid UTF-8") from exc
+    except values.DecodeError as exc:
+        raise errors.InvalidValue(f"value is not one strict JSON document: {exc}") from exc
+
+
 def encode_version(version: Version) -> str:
     return format_version(version)
 

@@ -104,6 +104,14 @@ def parse_version(text: str) -> Version:
     return version
 
 
+def check_version(version: Version) -> Version:
+    """A version built from parts (not parsed from text): the checks ``parse_version`` makes;
+    ValueError if it fails them."""
+    _check_node(version[2])
+    check_range(version)
+    return version
+
+
 def check_range(version: Version) -> None:
     """Refuse a well-formed version whose numbers do not fit a stored record."""
     ms, counter, _node = version
