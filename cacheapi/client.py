@@ -180,7 +180,7 @@ class CacheClient:
         self,
         method: str,
         key: str | None,
-        path: str,
+        path: str | Callable[[], str],
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         node: RingNode | None = None,
@@ -196,7 +196,8 @@ class CacheClient:
         next owner: a dead node stays in the ring until the heartbeat marks it down.
 
         ``frame`` (operation, JSON part, raw tail) is the call as a client-stream frame: it
-        goes that way where the node serves streams, else as the HTTP request. A stream's
+        goes that way where the node serves streams, else as the HTTP request (whose ``path``
+        and ``body`` may be callables, then built only if it goes over HTTP). A stream's
         answer (``Reply.stream``) is a frame's: any 2xx is success.
 
         The retry is safe only when repeating the call cannot change its outcome: always when
@@ -237,7 +238,7 @@ class CacheClient:
         self,
         target: RingNode,
         method: str,
-        path: str,
+        path: str | Callable[[], str],
         body: Any,
         headers: Mapping[str, str] | None,
         frame: tuple[str, Mapping[str, Any], bytes] | None,
@@ -258,6 +259,10 @@ class CacheClient:
                 except OSError as exc:
                     raise _Failed(str(exc), sent=True) from exc
                 return Reply(answer.status, answer.headers, answer.data, stream=True)
+        if callable(path):  # built only for HTTP: a frame has no use for them
+            path = path()
+        if callable(body):
+            body = body()
         try:
             response = self._http.request(
                 method,
@@ -298,7 +303,11 @@ class CacheClient:
     def _get(self, key: str) -> tuple[Any, float | None, str] | None:
         """(value, TTL left, version), or None on a miss."""
         reply = self._request(
-            "GET", key, values.key_path(key), missing=(404,), frame=("get", {"key": key}, b"")
+            "GET",
+            key,
+            lambda: values.key_path(key),
+            missing=(404,),
+            frame=("get", {"key": key}, b""),
         )
         if reply is None:
             return None
@@ -327,8 +336,8 @@ class CacheClient:
         return self._request(
             "PUT",
             key,
-            values.key_path(key),
-            _body(value, ttl),
+            lambda: values.key_path(key),
+            lambda: _body(value, ttl),
             headers=headers,
             missing=(412,),
             frame=("set", data, raw),
