@@ -134,14 +134,5 @@ def decode_put(body: bytes) -> tuple[str, bytes, bool, float | None, tuple[int, 
     at += key_length
     if at > len(body) or flags & ~PUT_BINARY:
         raise FrameError("a malformed put: shorter than its lengths, or unknown flags")
-    return (
-        key,
-        body[at:],
-        bool(flags & PUT_BINARY),
-        None if math.isnan(ttl) else ttl,
-        (
-            ms,
-            counter,
-            node,
-        ),
-    )
+    version = (ms, counter, node)
+    return key, body[at:], bool(flags & PUT_BINARY), None if math.isnan(ttl) else ttl, version
