@@ -29,7 +29,7 @@ import urllib3
 
 from cacheapi import values
 from cacheapi.peer import frames
-from cacheapi.peer.transport import Call, StreamsRefused, Transport
+from cacheapi.peer.transport import Call, Response, StreamsRefused, Transport
 from nodes.ring import Ring, RingNode, read_order
 
 DEFAULT: Any = object()  # "no ttl given": the cluster's default TTL applies
@@ -245,20 +245,17 @@ class CacheClient:
     ) -> Reply:
         url = target.url.rstrip("/")
         if frame is not None and self._frames is not None:
-            op, data, raw = frame
-            payload = frames.encode_body(values.dumps(data), raw)
             try:
-                call = self._frames.send_frame(url, self._upgrade, op, payload, open_now=True)
+                call = self._start_frame(target, frame)
             except StreamsRefused:
                 pass  # a node without streams (gthread), or it refused: HTTP
             except OSError as exc:
                 raise _Failed(str(exc), sent=False) from exc
             else:
                 try:
-                    answer = call.response()
+                    return Reply.of_frame(call.response())
                 except OSError as exc:
                     raise _Failed(str(exc), sent=True) from exc
-                return Reply(answer.status, answer.headers, answer.data, stream=True)
         if callable(path):  # built only for HTTP: a frame has no use for them
             path = path()
         if callable(body):
@@ -273,6 +270,17 @@ class CacheClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Failed(str(exc), sent=not _not_sent(exc)) from exc
         return Reply(response.status, response.headers, response.data, stream=False)
+
+    def _start_frame(self, target: RingNode, frame: tuple[str, Mapping[str, Any], bytes]) -> Call:
+        """Send ``frame`` (operation, JSON part, raw tail) on a stream to ``target``; its answer
+        is read with ``Call.response()``. StreamsRefused where the node has no streams,
+        OSError when it cannot be sent."""
+        assert self._frames is not None
+        op, data, raw = frame
+        payload = frames.encode_body(values.dumps(data), raw)
+        return self._frames.send_frame(
+            target.url.rstrip("/"), self._upgrade, op, payload, open_now=True
+        )
 
     def _note_version(self, response: Reply) -> None:
         seen = response.headers.get("X-Ring-Version")
@@ -523,11 +531,8 @@ class CacheClient:
         answers: list[tuple[list[str], RingNode, Reply | None, str]] = []
         try:
             for node, part in parts:
-                payload = frames.encode_body(values.dumps(body(part)))
                 try:
-                    call = self._frames.send_frame(
-                        node.url.rstrip("/"), self._upgrade, op, payload, open_now=True
-                    )
+                    call: Call | None = self._start_frame(node, (op, body(part), b""))
                 except (StreamsRefused, OSError):
                     call = None  # never sent: the general way
                 sent.append((node, part, call))
@@ -541,7 +546,7 @@ class CacheClient:
                 except OSError as exc:
                     answers.append((part, node, None, str(exc) or type(exc).__name__))
                     continue
-                answers.append((part, node, Reply(got.status, got.headers, got.data, True), ""))
+                answers.append((part, node, Reply.of_frame(got), ""))
         finally:
             for _, _, call in sent:
                 if call is not None:
@@ -657,19 +662,18 @@ def _owner_parts(ring: Ring, keys: list[str], limit: int) -> list[tuple[RingNode
     node's keys cut at the limit. An empty ring: no parts (the caller reports the keys)."""
     groups: dict[str, list[str]] = {}
     for name, group in ring.group_by_owner(keys).items():
-        node = ring.node(name)
-        if node is not None and node.status == "up":
+        primary = ring.node(name)
+        if primary is not None and primary.status != "joining":
             groups.setdefault(name, []).extend(group)
             continue
-        for key in group:  # a joining (or draining) primary: as the single-key calls go
-            first = read_order(ring.owners(key))[0]
-            groups.setdefault(first.name, []).append(key)
-    parts = []
-    for name, group in groups.items():
-        node = ring.node(name)
-        assert node is not None
-        parts += [(node, group[i : i + limit]) for i in range(0, len(group), limit)]
-    return parts
+        for key in group:  # a joining primary is read last (read_order), as single keys go
+            groups.setdefault(read_order(ring.owners(key))[0].name, []).append(key)
+    return [
+        (node, group[i : i + limit])
+        for name, group in groups.items()
+        if (node := ring.node(name)) is not None
+        for i in range(0, len(group), limit)
+    ]
 
 
 def _batch_parts(ring: Ring, keys: list[str], limit: int) -> list[list[str]]:
@@ -725,6 +729,10 @@ class Reply:
     headers: Any  # case-insensitive ``get``
     data: bytes
     stream: bool = False
+
+    @classmethod
+    def of_frame(cls, answer: Response) -> Reply:
+        return cls(answer.status, answer.headers, answer.data, stream=True)
 
 
 def _error(response: Reply) -> CacheClientError:

@@ -89,27 +89,33 @@ def decode_value(text: Any, binary: Any) -> tuple[bytes, bool]:
         raise errors.InvalidValue('"value" must be a string and "binary" true or false')
     try:
         value = values.b64decode(text) if binary else text.encode("utf-8")
-        validation.check_value_size(value)  # before parsing a value that is too large
-        if not binary:
-            values.check_json_text(text)
     except UnicodeEncodeError as exc:
         raise errors.InvalidValue("value is not valid UTF-8") from exc
-    except values.DecodeError as exc:
-        raise errors.InvalidValue(f"value is not one strict JSON document: {exc}") from exc
     except ValueError as exc:  # bad base64
         raise errors.InvalidValue(str(exc)) from exc
+    validation.check_value_size(value)  # before parsing a value that is too large
+    if not binary:
+        _strict_json(text)
     return value, binary
+
+
+def _strict_json(text: str) -> None:
+    try:
+        values.check_json_text(text)
+    except values.DecodeError as exc:
+        raise errors.InvalidValue(f"value is not one strict JSON document: {exc}") from exc
+    except ValueError as exc:
+        raise errors.InvalidValue(str(exc)) from exc
 
 
 def check_json_value(value: bytes) -> None:
     """A JSON value as it travels raw (a ``put``): InvalidValue unless it is UTF-8 and one
     strict JSON document, as ``decode_value`` checks a value sent as text."""
     try:
-        values.check_json_text(value.decode("utf-8"))
+        text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise errors.InvalidValue("value is not valid UTF-8") from exc
-    except values.DecodeError as exc:
-        raise errors.InvalidValue(f"value is not one strict JSON document: {exc}") from exc
+    _strict_json(text)
 
 
 def encode_version(version: Version) -> str:
